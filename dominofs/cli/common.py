@@ -1,0 +1,89 @@
+"""What every command shares: server options, settings, the client, exit codes, output helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ..api import DominoClient, ProjectClient
+from ..config import Settings, load_settings
+from ..errors import UsageError
+from ..models import ProjectRef
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEBUG_KEY = "dominofs.debug"
+_HOST_KEY = "dominofs.host"
+_KEYFILE_KEY = "dominofs.api_key_file"
+
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70
+
+
+def _store(key: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        if value is not None:
+            ctx.meta[key] = value
+        return value
+
+    return callback
+
+
+def server_options(func: F) -> F:
+    """Add --host and --api-key-file (never --api-key: argv is visible to every user)."""
+    func = click.option(
+        "--api-key-file",
+        type=click.Path(dir_okay=False),
+        expose_value=False,
+        callback=_store(_KEYFILE_KEY),
+        help="File holding the API key (mode 0600). Default: $DOMINO_USER_API_KEY or config.",
+    )(func)
+    func = click.option(
+        "--host",
+        expose_value=False,
+        callback=_store(_HOST_KEY),
+        help="Domino server URL. Default: $DOMINO_API_HOST or the config file.",
+    )(func)
+    return func
+
+
+def settings(ctx: click.Context, **overrides: Any) -> Settings:
+    """Settings for this invocation: flags, then environment, then the config file."""
+    return load_settings(
+        host=ctx.meta.get(_HOST_KEY),
+        api_key_file=ctx.meta.get(_KEYFILE_KEY),
+        **{k: v for k, v in overrides.items() if v is not None},
+    )
+
+
+def client(ctx: click.Context, **overrides: Any) -> DominoClient:
+    c = DominoClient.from_settings(settings(ctx, **overrides))
+    ctx.call_on_close(c.close)
+    return c
+
+
+def project_client(ctx: click.Context, project: str, **overrides: Any) -> ProjectClient:
+    return client(ctx, **overrides).project(ProjectRef.parse(project))
+
+
+def parse_project(text: str) -> ProjectRef:
+    return ProjectRef.parse(text)
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def parse_json_arg(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise UsageError(f"{what} {text!r} is not JSON (quote strings: '\"text\"')") from None
+
+
+def is_tty() -> bool:
+    return sys.stdout.isatty()

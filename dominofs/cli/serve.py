@@ -1,0 +1,57 @@
+"""`dominofs serve`: the local Domino v1 server (CONTRACT §3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import UsageError
+
+
+@click.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where projects, commits, blobs and runs are kept.")
+@click.option("--bind", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535),
+              help="Port; 0 picks a free one.")
+@click.option("--user", "users", multiple=True, metavar="NAME:KEY",
+              help="A user and their API key (repeatable). Prefer a 0600 file for real keys.")
+@click.option("--project", "projects", multiple=True, metavar="OWNER/NAME",
+              help="Create this project if missing (repeatable).")
+@click.option("--no-delete", is_flag=True, help="Answer DELETE with 405, like the real v1 API.")
+@click.option("--run-time-limit", default=3600.0, show_default=True, type=float,
+              help="Seconds before a run is stopped.")
+@click.option("--faults", default=None, metavar="SPEC", help="Inject faults (testing).")
+def serve(
+    data_dir: Path,
+    bind: str,
+    port: int,
+    users: tuple[str, ...],
+    projects: tuple[str, ...],
+    no_delete: bool,
+    run_time_limit: float,
+    faults: str | None,
+) -> None:
+    """Run the local Domino v1 server on loopback (development and tests)."""
+    from .. import server  # the server is only loaded by the commands that start it
+
+    pairs: list[tuple[str, str]] = []
+    for item in users:
+        name, sep, key = item.partition(":")
+        if not sep or not name or not key:
+            raise UsageError(f"--user {name!r}: write NAME:KEY")
+        pairs.append((name, key))
+    server.serve(
+        data_dir=data_dir,
+        bind=bind,
+        port=port,
+        users=pairs,
+        projects=list(projects),
+        no_delete=no_delete,
+        run_time_limit=run_time_limit,
+        faults=faults,
+    )
+
+
+COMMANDS = [serve]

@@ -1,0 +1,77 @@
+"""A real HTTP server on loopback that misbehaves on purpose, for the client's fault tests.
+
+It answers from a script: each request pops the next planned answer (status, headers, body),
+so a test can say "503 with Retry-After, then 200" and count what the client really sent.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    body: bytes | Any = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    drop: bool = False  # close the connection without answering
+    stall: float = 0.0  # seconds to wait before answering
+
+
+@dataclass
+class Hostile:
+    url: str
+    plan: list[Answer]
+    seen: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
+
+
+@contextmanager
+def hostile_server(plan: list[Answer]) -> Iterator[Hostile]:
+    state = Hostile(url="", plan=list(plan))
+    stop = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            state.seen.append((self.command, self.path, dict(self.headers), body))
+            ans = state.plan.pop(0) if state.plan else Answer(500, {"message": "plan ran out"})
+            if ans.stall:
+                stop.wait(ans.stall)
+            if ans.drop:
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            raw = ans.body if isinstance(ans.body, bytes) else json.dumps(ans.body).encode()
+            self.send_response(ans.status)
+            for k, v in ans.headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        do_GET = do_PUT = do_POST = do_DELETE = _answer
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield state
+    finally:
+        stop.set()
+        httpd.shutdown()
+        httpd.server_close()
+        t.join(5)

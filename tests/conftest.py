@@ -1,0 +1,133 @@
+"""Shared fixtures: the real local server as a subprocess on a free loopback port.
+
+Every test talks to this server over HTTP; nothing mocks our HTTP layer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+ALICE_KEY = "alice-test-key-0123456789"
+BOB_KEY = "bob-test-key-9876543210"
+
+
+@dataclass
+class LocalServer:
+    """A running `dominofs serve`: where it listens, its data dir, and how to restart it."""
+
+    data_dir: Path
+    extra_args: list[str] = field(default_factory=list)
+    url: str = ""
+    proc: subprocess.Popen[str] | None = None
+    port: int = 0
+    output: list[str] = field(default_factory=list)
+
+    def start(self, *, port: int | None = None) -> None:
+        cmd = [
+            sys.executable, "-m", "dominofs.server",
+            "--data", str(self.data_dir),
+            "--bind", "127.0.0.1",
+            "--port", str(port if port is not None else self.port),
+            "--user", f"alice:{ALICE_KEY}",
+            "--user", f"bob:{BOB_KEY}",
+            "--project", "alice/demo",
+            *self.extra_args,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        line = _readline_with_timeout(self.proc, 30.0)
+        prefix = "dominofs serve: listening on "
+        if not line.startswith(prefix):
+            self.stop()
+            raise RuntimeError(f"server did not start: {line!r} {''.join(self.output)}")
+        self.url = line[len(prefix) :].strip()
+        self.port = int(self.url.rsplit(":", 1)[1])
+        # Drain its output so a chatty server never blocks on a full pipe.
+        threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
+
+    def _drain(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.output.append(line)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes without a word, as in a crash."""
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+            self.proc = None
+
+    def stats(self) -> dict[str, object]:
+        r = requests.get(f"{self.url}/_stats", timeout=5)
+        r.raise_for_status()
+        data: dict[str, object] = r.json()
+        return data
+
+    def requests_count(self, name: str) -> int:
+        counts = self.stats()["requests"]
+        assert isinstance(counts, dict)
+        return int(counts.get(name, 0))
+
+    def reset_stats(self) -> None:
+        requests.post(f"{self.url}/_stats/reset", timeout=5).raise_for_status()
+
+
+def _readline_with_timeout(proc: subprocess.Popen[str], timeout: float) -> str:
+    result: list[str] = []
+    t = threading.Thread(target=lambda: result.append(proc.stdout.readline() if proc.stdout else ""))
+    t.daemon = True
+    t.start()
+    t.join(timeout)
+    return result[0] if result else ""
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LocalServer]:
+    """A fresh local server with users alice and bob and the project alice/demo."""
+    srv = LocalServer(tmp_path / "server-data")
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[object]:
+    """Factory for servers with extra flags (e.g. --no-delete); all stopped in teardown."""
+    started: list[LocalServer] = []
+
+    def make(*extra: str, name: str = "server-data") -> LocalServer:
+        srv = LocalServer(tmp_path / name, list(extra))
+        srv.start()
+        started.append(srv)
+        return srv
+
+    try:
+        yield make
+    finally:
+        for srv in started:
+            srv.stop()
