@@ -97,8 +97,9 @@ class LocalServer:
 
 def _readline_with_timeout(proc: subprocess.Popen[str], timeout: float) -> str:
     result: list[str] = []
-    t = threading.Thread(target=lambda: result.append(proc.stdout.readline() if proc.stdout else ""))
-    t.daemon = True
+    t = threading.Thread(
+        target=lambda: result.append(proc.stdout.readline() if proc.stdout else ""), daemon=True
+    )
     t.start()
     t.join(timeout)
     return result[0] if result else ""

@@ -66,7 +66,7 @@ def hostile_server(plan: list[Answer]) -> Iterator[Hostile]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     t.start()
     try:
         yield state

@@ -132,7 +132,7 @@ def test_blob_stream_falls_back_when_range_is_ignored() -> None:
 def test_key_is_sent_in_header_only() -> None:
     with hostile_server([Answer(200, COMMITS)]) as srv, _client(srv.url) as c:
         c.project("alice/demo").commits()
-        method, path, headers, _ = srv.seen[0]
+        _method, path, headers, _ = srv.seen[0]
         assert headers["X-Domino-Api-Key"] == KEY
         assert KEY not in path
         assert "dominofs" in repr(c).lower() or KEY not in repr(c)
