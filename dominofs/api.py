@@ -304,7 +304,12 @@ class ProjectClient:
         if size is not None:
             headers["Content-Length"] = str(size)
         resp = self.client.request(
-            "PUT", f"{self._base}/{quote(path)}", what=what, body=data, headers=headers
+            "PUT",
+            f"{self._base}/{quote(path)}",
+            what=what,
+            # An empty file object makes requests send chunked *and* our Content-Length: 400.
+            body=b"" if size == 0 else data,
+            headers=headers,
         )
         body = _json(resp, self.host, what)
         try:

@@ -31,6 +31,7 @@ class LocalServer:
     proc: subprocess.Popen[str] | None = None
     port: int = 0
     output: list[str] = field(default_factory=list)
+    _drainer: threading.Thread | None = None
 
     def start(self, *, port: int | None = None) -> None:
         cmd = [
@@ -54,7 +55,8 @@ class LocalServer:
         self.url = line[len(prefix) :].strip()
         self.port = int(self.url.rsplit(":", 1)[1])
         # Drain its output so a chatty server never blocks on a full pipe.
-        threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
+        self._drainer = threading.Thread(target=self._drain, args=(self.proc,), daemon=True)
+        self._drainer.start()
 
     def _drain(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
@@ -71,14 +73,26 @@ class LocalServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
-        self.proc = None
+        self._reap()
 
     def kill(self) -> None:
         """SIGKILL: the server vanishes without a word, as in a crash."""
         if self.proc is not None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
-            self.proc = None
+            self._reap()
+
+    def _reap(self) -> None:
+        assert self.proc is not None
+        try:  # runs it started live in its process group; none may outlive the test
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if self._drainer is not None:
+            self._drainer.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
 
     def stats(self) -> dict[str, object]:
         r = requests.get(f"{self.url}/_stats", timeout=5)

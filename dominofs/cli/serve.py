@@ -10,18 +10,43 @@ from ..errors import UsageError
 
 
 @click.command()
-@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Where projects, commits, blobs and runs are kept.")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where projects, commits, blobs and runs are kept.",
+)
 @click.option("--bind", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535),
-              help="Port; 0 picks a free one.")
-@click.option("--user", "users", multiple=True, metavar="NAME:KEY",
-              help="A user and their API key (repeatable). Prefer a 0600 file for real keys.")
-@click.option("--project", "projects", multiple=True, metavar="OWNER/NAME",
-              help="Create this project if missing (repeatable).")
+@click.option(
+    "--port",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port; 0 picks a free one.",
+)
+@click.option(
+    "--user",
+    "users",
+    multiple=True,
+    metavar="NAME:KEY",
+    help="A user and their API key (repeatable). Prefer a 0600 file for real keys.",
+)
+@click.option(
+    "--project",
+    "projects",
+    multiple=True,
+    metavar="OWNER/NAME",
+    help="Create this project if missing (repeatable).",
+)
 @click.option("--no-delete", is_flag=True, help="Answer DELETE with 405, like the real v1 API.")
-@click.option("--run-time-limit", default=3600.0, show_default=True, type=float,
-              help="Seconds before a run is stopped.")
+@click.option(
+    "--run-time-limit",
+    default=3600.0,
+    show_default=True,
+    type=float,
+    help="Seconds before a run is stopped.",
+)
 @click.option("--faults", default=None, metavar="SPEC", help="Inject faults (testing).")
 def serve(
     data_dir: Path,

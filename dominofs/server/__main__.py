@@ -1,0 +1,53 @@
+"""`python -m dominofs.server`: the same options as `dominofs serve`, without the CLI package."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .main import serve
+
+
+def _user(value: str) -> tuple[str, str]:
+    name, sep, key = value.partition(":")
+    if not sep or not name or not key:
+        raise argparse.ArgumentTypeError("expected NAME:KEY")
+    return name, key
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m dominofs.server", description=__doc__)
+    parser.add_argument("--data", required=True, help="directory holding all server state")
+    parser.add_argument("--bind", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="port (0 picks a free one)")
+    parser.add_argument("--user", type=_user, action="append", default=[], metavar="NAME:KEY")
+    parser.add_argument("--project", action="append", default=[], metavar="OWNER/NAME")
+    parser.add_argument("--no-delete", action="store_true", help="refuse DELETE of files")
+    parser.add_argument("--run-time-limit", type=float, default=3600.0, metavar="SECONDS")
+    parser.add_argument("--faults", default=None, help="fault injection spec (reserved)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    try:
+        serve(
+            data_dir=args.data,
+            bind=args.bind,
+            port=args.port,
+            users=args.user,
+            projects=args.project,
+            no_delete=args.no_delete,
+            run_time_limit=args.run_time_limit,
+            faults=args.faults,
+        )
+    except (ValueError, OSError) as exc:
+        sys.stderr.write(f"dominofs serve: {exc}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

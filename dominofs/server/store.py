@@ -1,0 +1,516 @@
+"""The server's durable state on disk: users, projects, commits and content-addressed blobs.
+
+Owns everything under the data directory except run logs and endpoint state (runner.py and
+endpoint.py keep theirs under each project's directory, which this module hands out).
+
+Layout:
+    meta.json                       users {name: {id, key}} and projects {"owner/name": {...}}
+    blobs/ab/cdef...                blob bytes, key = blob_hasher() digest of the content
+    tmp/                            uploads in flight (same filesystem, so rename is atomic)
+    projects/<id>/commits/<c>.json  one commit: parent, time, message and the full file map
+    projects/<id>/commits.jsonl     append-only index {id, parent, time, message}
+    projects/<id>/HEAD              the head commit id (replaced atomically)
+    projects/<id>/keys.txt          every blob key any commit of the project ever referenced
+
+Every file that matters is written to a temporary name, fsynced and renamed, so a crash at any
+moment leaves either the old or the new version. Writers to one project hold Project.lock; the
+file maps of recent commits are cached in memory (bounded LRU) so listings stay fast.
+Must not import anything from dominofs outside dominofs/server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+CHUNK = 1 << 20
+COMMIT_CACHE_SIZE = 8
+
+README_TEXT = "# {name}\n\nA project served by the dominofs local server.\n"
+DOMINOIGNORE_TEXT = """\
+# This file lets you ignore certain files when syncing with the Domino server.
+# Patterns use gitignore syntax: '*' is a wildcard, paths are relative to the project root,
+# and a folder name ignores the folder and everything in it.
+domino.log
+dominodump-*
+results/run-*/
+.git
+.gitignore
+.svn/
+.idea/
+*.pyc
+__pycache__/
+.Rhistory
+.RData
+.Rproj.user/
+*.asv
+*.m~
+.DS_Store
+~*
+"""
+
+
+class Hasher(Protocol):
+    """The part of hashlib's hash objects the store uses."""
+
+    def update(self, data: bytes, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+def blob_hasher() -> Hasher:
+    """The one definition of a blob key: plain sha1 of the content (notes §7.2)."""
+    return hashlib.sha1()
+
+
+def new_object_id() -> str:
+    """A Mongo-style 24-hex id, as Domino uses for projects, users and runs."""
+    return secrets.token_hex(12)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class FileEntry(NamedTuple):
+    key: str
+    size: int
+    last_modified: int
+
+
+FileMap = dict[str, FileEntry]
+
+
+class NotFound(Exception):
+    """A commit, blob, user or project that does not exist."""
+
+
+class Conflict(Exception):
+    """A change that would make a file and a folder share a name."""
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write data to path so a crash leaves the old or the new content, never a mix."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one durable line (the caller holds the project lock)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class BlobStore:
+    """Content-addressed blob files under blobs/ab/cdef..."""
+
+    def __init__(self, root: Path, tmp: Path) -> None:
+        self.root = root
+        self.tmp = tmp
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / key[2:]
+
+    def exists(self, key: str) -> bool:
+        return len(key) == 40 and self.path(key).is_file()
+
+    def _install(self, tmp_path: str, key: str) -> None:
+        """Move a finished, fsynced temp file into place (or drop it if the blob exists)."""
+        dest = self.path(key)
+        if dest.exists():
+            os.unlink(tmp_path)
+            return
+        dest.parent.mkdir(exist_ok=True)
+        os.replace(tmp_path, dest)
+
+    async def ingest_stream(self, chunks: AsyncIterator[bytes]) -> tuple[str, int]:
+        """Stream chunks to a temp file while hashing; never holds the whole body in memory."""
+        loop = asyncio.get_running_loop()
+        fd, tmp_path = tempfile.mkstemp(dir=self.tmp, prefix="upload-")
+        hasher = blob_hasher()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                async for chunk in chunks:
+                    hasher.update(chunk)
+                    f.write(chunk)
+                    size += len(chunk)
+                f.flush()
+                # fsync can take long for big files; keep the event loop free meanwhile.
+                await loop.run_in_executor(None, os.fsync, f.fileno())
+            key = hasher.hexdigest()
+            await loop.run_in_executor(None, self._install, tmp_path, key)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_path)
+            raise
+        return key, size
+
+    def ingest_bytes(self, data: bytes) -> tuple[str, int]:
+        hasher = blob_hasher()
+        hasher.update(data)
+        key = hasher.hexdigest()
+        if not self.exists(key):
+            fd, tmp_path = tempfile.mkstemp(dir=self.tmp, prefix="bytes-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            self._install(tmp_path, key)
+        return key, len(data)
+
+    def ingest_file(self, src: Path) -> tuple[str, int]:
+        """Copy a local file (a run's output) into the store; blocking, run it in an executor."""
+        fd, tmp_path = tempfile.mkstemp(dir=self.tmp, prefix="file-")
+        hasher = blob_hasher()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+                while chunk := inp.read(CHUNK):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            key = hasher.hexdigest()
+            self._install(tmp_path, key)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_path)
+            raise
+        return key, size
+
+
+def hash_file(path: Path) -> str:
+    hasher = blob_hasher()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    id: str
+    parent: str | None
+    time: int
+    message: str
+
+
+def commit_id_for(parent: str | None, when: int, message: str, files: FileMap) -> str:
+    """sha1 of the canonical commit record, so equal records get equal ids."""
+    record = {
+        "parent": parent,
+        "time": when,
+        "message": message,
+        "files": {p: list(files[p]) for p in sorted(files)},
+    }
+    canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha1(canonical.encode("utf-8")).hexdigest()
+
+
+def parents(path: str) -> list[str]:
+    """Every folder above path: "a/b/c" -> ["a", "a/b"]."""
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def folders_of(files: Iterable[str]) -> set[str]:
+    return {parent for path in files for parent in parents(path)}
+
+
+def check_shape(files: FileMap, folders: set[str], path: str) -> None:
+    """Raise Conflict if adding path would make a file and a folder share a name."""
+    for parent in parents(path):
+        if parent in files:
+            raise Conflict(f"{parent!r} is a file, so it cannot hold {path!r}")
+    if path in folders:
+        raise Conflict(f"{path!r} is a folder")
+
+
+@dataclass
+class Project:
+    """One project: its commits, its head and the blob keys it may serve."""
+
+    id: str
+    owner: str
+    name: str
+    dir: Path
+    created: int
+    head: str = ""
+    index: dict[str, CommitInfo] = field(default_factory=dict)
+    keys: set[str] = field(default_factory=set)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _cache: OrderedDict[str, tuple[FileMap, list[str]]] = field(default_factory=OrderedDict)
+    _cache_lock: threading.Lock = field(default_factory=threading.Lock)
+    _folders: OrderedDict[str, set[str]] = field(default_factory=OrderedDict)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+    def commits(self) -> list[str]:
+        """Commit ids reachable from head, newest first."""
+        out: list[str] = []
+        cur: str | None = self.head or None
+        while cur is not None and cur in self.index:
+            out.append(cur)
+            cur = self.index[cur].parent
+        return out
+
+    def resolve(self, commit: str) -> str:
+        """Map a commit id (or the extension aliases head/latest/master) to a known id."""
+        if commit in ("head", "latest", "master", "HEAD") and self.head:
+            return self.head
+        if commit in self.index:
+            return commit
+        raise NotFound(f"commit {commit!r} not found in project {self.full_name}")
+
+    def files(self, commit: str) -> tuple[FileMap, list[str]]:
+        """The file map of a commit and its sorted paths (cached; blocking on a miss)."""
+        with self._cache_lock:
+            hit = self._cache.get(commit)
+            if hit is not None:
+                self._cache.move_to_end(commit)
+                return hit
+        raw = json.loads((self.dir / "commits" / f"{commit}.json").read_bytes())
+        files = {p: FileEntry(*v) for p, v in raw["files"].items()}
+        entry = (files, sorted(files))
+        self._remember(commit, entry)
+        return entry
+
+    def folders(self, commit: str) -> set[str]:
+        """Every folder of a commit (cached; do not mutate the returned set)."""
+        with self._cache_lock:
+            hit = self._folders.get(commit)
+        if hit is None:
+            files, _ = self.files(commit)
+            hit = folders_of(files)
+            self._remember_folders(commit, hit)
+        return hit
+
+    def _remember(self, commit: str, entry: tuple[FileMap, list[str]]) -> None:
+        with self._cache_lock:
+            self._cache[commit] = entry
+            self._cache.move_to_end(commit)
+            while len(self._cache) > COMMIT_CACHE_SIZE:
+                self._cache.popitem(last=False)
+
+    def _remember_folders(self, commit: str, folders: set[str]) -> None:
+        with self._cache_lock:
+            self._folders[commit] = folders
+            while len(self._folders) > COMMIT_CACHE_SIZE:
+                self._folders.popitem(last=False)
+
+    def write_commit(self, changes: dict[str, FileEntry | None], message: str) -> str:
+        """Apply changes (None deletes) on top of head as one new commit; returns its id.
+
+        The caller holds self.lock. Blocking (JSON + fsync): run it in an executor.
+        Raises Conflict for a file/folder clash, NotFound when deleting what is not there.
+        """
+        base, _ = self.files(self.head) if self.head else ({}, [])
+        files = dict(base)
+        deletions = [path for path, entry in changes.items() if entry is None]
+        for path in deletions:
+            self._delete(files, path)
+        folders = (
+            folders_of(files) if deletions else set(self.folders(self.head) if self.head else ())
+        )
+        for path, entry in changes.items():
+            if entry is None:
+                continue
+            if path not in files:
+                check_shape(files, folders, path)
+                folders.update(parents(path))
+            files[path] = entry
+        cid = self._store_commit(files, message)
+        self._remember_folders(cid, folders)
+        return cid
+
+    @staticmethod
+    def _delete(files: FileMap, path: str) -> None:
+        if path in files:
+            del files[path]
+            return
+        prefix = path + "/"
+        doomed = [p for p in files if p.startswith(prefix)]
+        if not doomed:
+            raise NotFound(f"{path!r} not found")
+        for p in doomed:
+            del files[p]
+
+    def _store_commit(self, files: FileMap, message: str) -> str:
+        parent = self.head or None
+        when = now_ms()
+        cid = commit_id_for(parent, when, message, files)
+        record = {
+            "id": cid,
+            "parent": parent,
+            "time": when,
+            "message": message,
+            "files": {p: list(e) for p, e in files.items()},
+        }
+        write_atomic(self.dir / "commits" / f"{cid}.json", json.dumps(record).encode("utf-8"))
+        new_keys = {e.key for e in files.values()} - self.keys
+        if new_keys:
+            with open(self.dir / "keys.txt", "a", encoding="ascii") as f:
+                f.write("".join(k + "\n" for k in sorted(new_keys)))
+                f.flush()
+                os.fsync(f.fileno())
+            self.keys |= new_keys
+        info = CommitInfo(cid, parent, when, message)
+        append_line(self.dir / "commits.jsonl", json.dumps(info.__dict__))
+        write_atomic(self.dir / "HEAD", cid.encode("ascii"))
+        self.index[cid] = info
+        self.head = cid
+        self._remember(cid, (files, sorted(files)))
+        return cid
+
+    def load(self) -> None:
+        """Read the commit index, head and key set back from disk."""
+        index_path = self.dir / "commits.jsonl"
+        if index_path.exists():
+            for line in index_path.read_text(encoding="utf-8").splitlines():
+                try:
+                    raw = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line from a crash mid-append: its HEAD never moved
+                self.index[raw["id"]] = CommitInfo(
+                    raw["id"], raw["parent"], raw["time"], raw["message"]
+                )
+        head_path = self.dir / "HEAD"
+        if head_path.exists():
+            self.head = head_path.read_text(encoding="ascii").strip()
+        keys_path = self.dir / "keys.txt"
+        if keys_path.exists():
+            self.keys = {k for k in keys_path.read_text(encoding="ascii").split() if len(k) == 40}
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    name: str
+    key: str
+
+
+class Store:
+    """Users, projects and blobs under one data directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = BlobStore(root / "blobs", root / "tmp")
+        self.users: dict[str, User] = {}
+        self.projects: dict[str, Project] = {}
+        self._by_key: dict[str, User] = {}
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str]) -> Store:
+        """Create or open the store; blocking, call before the event loop starts."""
+        store = cls(Path(root).resolve())
+        for sub in ("blobs", "tmp", "projects", "scratch"):
+            (store.root / sub).mkdir(parents=True, exist_ok=True)
+        for stale in (store.root / "tmp").iterdir():
+            stale.unlink(missing_ok=True)  # half-received uploads from a crash
+        meta_path = store.root / "meta.json"
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            for name, u in meta.get("users", {}).items():
+                store._set_user(User(u["id"], name, u["key"]))
+            for full, p in meta.get("projects", {}).items():
+                owner, name = full.split("/", 1)
+                project = Project(
+                    p["id"], owner, name, store.root / "projects" / p["id"], p["created"]
+                )
+                project.load()
+                store.projects[full] = project
+        return store
+
+    def _set_user(self, user: User) -> None:
+        old = self.users.get(user.name)
+        if old is not None:
+            self._by_key.pop(old.key, None)
+        self.users[user.name] = user
+        self._by_key[user.key] = user
+
+    def _save_meta(self) -> None:
+        meta: dict[str, Any] = {
+            "users": {u.name: {"id": u.id, "key": u.key} for u in self.users.values()},
+            "projects": {
+                p.full_name: {"id": p.id, "created": p.created} for p in self.projects.values()
+            },
+        }
+        write_atomic(self.root / "meta.json", json.dumps(meta, indent=1).encode("utf-8"))
+
+    def add_user(self, name: str, key: str) -> User:
+        """Add a user, or give an existing one this key."""
+        if not name or not key or "/" in name:
+            raise ValueError(f"bad user {name!r}: need NAME:KEY")
+        old = self.users.get(name)
+        user = User(old.id if old else new_object_id(), name, key)
+        clash = self._by_key.get(key)
+        if clash is not None and clash.name != name:
+            raise ValueError(f"user {name!r} would share an API key with {clash.name!r}")
+        self._set_user(user)
+        self._save_meta()
+        return user
+
+    def add_project(self, full_name: str) -> Project:
+        """Create OWNER/NAME with its first commit (README.md, .dominoignore); no-op if present."""
+        if full_name in self.projects:
+            return self.projects[full_name]
+        owner, sep, name = full_name.partition("/")
+        if not sep or not name or "/" in name:
+            raise ValueError(f"bad project {full_name!r}: need OWNER/NAME")
+        if owner not in self.users:
+            raise ValueError(f"project {full_name!r}: owner {owner!r} is not a user")
+        pid = new_object_id()
+        project = Project(pid, owner, name, self.root / "projects" / pid, now_ms())
+        for sub in ("commits", "runs"):
+            (project.dir / sub).mkdir(parents=True, exist_ok=True)
+        when = now_ms()
+        files: FileMap = {}
+        readme = README_TEXT.format(name=name)
+        for path, text in ((".dominoignore", DOMINOIGNORE_TEXT), ("README.md", readme)):
+            key, size = self.blobs.ingest_bytes(text.encode("utf-8"))
+            files[path] = FileEntry(key, size, when)
+        project._store_commit(files, "Initial commit")
+        self.projects[full_name] = project
+        self._save_meta()
+        return project
+
+    def user_for_key(self, key: str) -> User | None:
+        return self._by_key.get(key)
+
+    def user_by_id(self, uid: str) -> User | None:
+        return next((u for u in self.users.values() if u.id == uid), None)
+
+    def project(self, owner: str, name: str) -> Project | None:
+        return self.projects.get(f"{owner}/{name}")
+
+    def project_by_id(self, pid: str) -> Project | None:
+        return next((p for p in self.projects.values() if p.id == pid), None)
+
+    def projects_of(self, owner: str) -> Iterable[Project]:
+        return [p for p in self.projects.values() if p.owner == owner]
