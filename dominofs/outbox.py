@@ -1,0 +1,660 @@
+"""The durable upload queue shared by the mount and the sync service.
+
+Owns: a SQLite queue (WAL, synchronous=FULL) of entries (path, op upload|delete, staged file,
+base_key, attempts, last_error, state) plus the staged bytes in its own directory; the uploader
+threads that send entries with bounded concurrency; capped jittered backoff while the server is
+down; the conflict check before an overwrite (ours goes to `NAME.conflict-<stamp>-<host>.EXT`,
+never a silent overwrite); deletions the server cannot do ("kept local"); the record of
+conflicts. An entry leaves the queue only after the server answered 2xx; `enqueue_*` returns
+only once the entry is durable. Must not import requests or api.py (it receives a
+`models.Remote`), and must not touch the watched tree or the mount: hooks tell the owner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import DominoError, ServerError, Unreachable
+from .models import Remote, UploadResult
+
+log = logging.getLogger(__name__)
+
+Op = Literal["upload", "delete"]
+DeleteOutcome = Literal["deleted", "kept_local", "changed_remotely"]
+
+OnUploaded = Callable[[str, UploadResult, Path, "Entry"], None]
+OnConflict = Callable[[str, str, UploadResult, Path, "Entry"], None]
+OnDeleted = Callable[[str, DeleteOutcome, "Entry"], None]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL,
+    op TEXT NOT NULL,
+    staged TEXT,
+    base_key TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    state TEXT NOT NULL DEFAULT 'pending',
+    meta TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    next_try REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS entries_path ON entries (path);
+CREATE TABLE IF NOT EXISTS conflicts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL,
+    conflict_path TEXT,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kept_local (path TEXT PRIMARY KEY, at REAL NOT NULL);
+"""
+
+_COLUMNS = "id, path, op, staged, base_key, attempts, last_error, state, meta, created"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One queued change. `base_key` is the remote key the edit started from (None: new)."""
+
+    id: int
+    path: str
+    op: Op
+    staged: Path | None
+    base_key: str | None
+    attempts: int
+    last_error: str | None
+    state: str
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    created: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConflictRecord:
+    """A change that could not be applied as is; both versions were kept."""
+
+    path: str
+    conflict_path: str | None
+    kind: str
+    detail: str
+    at: float
+
+
+def conflict_name(path: str, *, when: datetime | None = None, host: str | None = None) -> str:
+    """`dir/NAME.conflict-<YYYYmmdd-HHMMSS>-<host>.EXT` for `dir/NAME.EXT`."""
+    stamp = (when or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    host = _safe_host(host if host is not None else socket.gethostname())
+    folder, slash, name = path.rpartition("/")
+    dot = name.rfind(".")
+    if dot > 0:
+        stem, ext = name[:dot], name[dot:]
+    else:
+        stem, ext = name, ""
+    return f"{folder}{slash}{stem}.conflict-{stamp}-{host}{ext}"
+
+
+def _safe_host(host: str) -> str:
+    short = host.split(".")[0] or "host"
+    return re.sub(r"[^A-Za-z0-9-]", "-", short)[:40]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Outbox:
+    """A durable queue of uploads and deletes for one project, with its uploader threads.
+
+    Hooks run on an uploader thread, before the entry leaves the queue (so a crash inside or
+    just after a hook resends the entry, which the conflict check then recognises as ours).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        remote: Remote,
+        *,
+        concurrency: int = 4,
+        base_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        host_name: str | None = None,
+        on_uploaded: OnUploaded | None = None,
+        on_conflict: OnConflict | None = None,
+        on_deleted: OnDeleted | None = None,
+    ) -> None:
+        self.directory = directory
+        self.staging_dir = directory / "staged"
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        self.remote = remote
+        self.concurrency = max(1, concurrency)
+        self.base_backoff = base_backoff
+        self.max_backoff = max_backoff
+        self.host_name = host_name
+        self.on_uploaded = on_uploaded
+        self.on_conflict = on_conflict
+        self.on_deleted = on_deleted
+        self.server_reachable: bool | None = None
+        self.last_error: str | None = None
+        self.completed = 0  # entries finished since start: lets owners detect their own commits
+        self._cond = threading.Condition()
+        self._db_lock = threading.Lock()
+        self._db = sqlite3.connect(
+            str(directory / "outbox.db"), check_same_thread=False, isolation_level=None
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._inflight: dict[str, int] = {}  # path -> entry id being sent
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+        self._failures = 0
+        self._pause_until = 0.0
+        # path -> {key we uploaded: the key it replaced}: a caller that enqueued with the key
+        # before our own upload landed is not in conflict with itself.
+        self._ours: dict[str, dict[str, str | None]] = {}
+        self._remove_orphans()
+
+    # -- queueing (any thread) -------------------------------------------------------------
+
+    def staging_path(self) -> Path:
+        """A fresh path in the staging directory for the caller to write, then enqueue."""
+        return self.staging_dir / f"s-{uuid.uuid4().hex}"
+
+    def enqueue_upload(
+        self,
+        path: str,
+        staged: Path,
+        *,
+        base_key: str | None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Queue an upload of `staged` (moved into the staging dir) as `path`; durable on return.
+
+        A not-yet-sent entry for the same path is replaced (its base key is kept).
+        """
+        if staged.parent != self.staging_dir:
+            target = self.staging_path()
+            os.replace(staged, target)
+            staged = target
+        fd = os.open(staged, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(self.staging_dir)
+        return self._insert(path, "upload", staged, base_key, meta)
+
+    def enqueue_delete(
+        self, path: str, *, base_key: str | None, meta: Mapping[str, Any] | None = None
+    ) -> int:
+        """Queue a deletion of `path`; durable on return. Replaces a not-yet-sent entry."""
+        return self._insert(path, "delete", None, base_key, meta)
+
+    def _insert(
+        self,
+        path: str,
+        op: Op,
+        staged: Path | None,
+        base_key: str | None,
+        meta: Mapping[str, Any] | None,
+    ) -> int:
+        with self._cond:
+            inflight_id = self._inflight.get(path)
+            with self._db_lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                older = self._db.execute(
+                    "SELECT id, staged, base_key FROM entries WHERE path = ? AND id != ? "
+                    "ORDER BY id",
+                    (path, inflight_id if inflight_id is not None else -1),
+                ).fetchall()
+                if older:
+                    base_key = older[0][2]
+                    self._db.executemany(
+                        "DELETE FROM entries WHERE id = ?", [(r[0],) for r in older]
+                    )
+                cur = self._db.execute(
+                    "INSERT INTO entries (path, op, staged, base_key, meta, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        path,
+                        op,
+                        str(staged) if staged else None,
+                        base_key,
+                        json.dumps(dict(meta or {})),
+                        time.time(),
+                    ),
+                )
+                self._db.execute("COMMIT")
+            entry_id = int(cur.lastrowid or 0)
+            self._cond.notify_all()
+        for row in older:
+            if row[1] and row[1] != str(staged):
+                _unlink(Path(row[1]))
+        log.debug("queued %s %s (entry %d, base %s)", op, path, entry_id, base_key)
+        return entry_id
+
+    def cancel(self, path: str) -> bool:
+        """Drop a not-yet-sent entry for `path` (e.g. a new file deleted before upload)."""
+        with self._cond:
+            inflight_id = self._inflight.get(path, -1)
+            with self._db_lock:
+                rows = self._db.execute(
+                    "SELECT id, staged FROM entries WHERE path = ? AND id != ?",
+                    (path, inflight_id),
+                ).fetchall()
+                self._db.executemany("DELETE FROM entries WHERE id = ?", [(r[0],) for r in rows])
+            self._cond.notify_all()
+        for _, staged in rows:
+            if staged:
+                _unlink(Path(staged))
+        return bool(rows)
+
+    # -- what is queued --------------------------------------------------------------------
+
+    def entries(self) -> list[Entry]:
+        with self._db_lock:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY id").fetchall()
+        return [_entry(r) for r in rows]
+
+    def find(self, path: str) -> Entry | None:
+        """The newest entry for `path` (sent or not), or None."""
+        with self._db_lock:
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM entries WHERE path = ? ORDER BY id DESC LIMIT 1", (path,)
+            ).fetchone()
+        return _entry(row) if row else None
+
+    def pending_count(self) -> int:
+        """Entries still to send (failed ones excluded: they wait for a new edit or a retry)."""
+        with self._db_lock:
+            (n,) = self._db.execute(
+                "SELECT COUNT(*) FROM entries WHERE state = 'pending'"
+            ).fetchone()
+        return int(n)
+
+    def failed(self) -> list[Entry]:
+        return [e for e in self.entries() if e.state == "failed"]
+
+    def conflicts(self) -> list[ConflictRecord]:
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT path, conflict_path, kind, detail, at FROM conflicts ORDER BY id"
+            ).fetchall()
+        return [ConflictRecord(*r) for r in rows]
+
+    def kept_local(self) -> list[str]:
+        """Paths deleted locally that the server could not delete (no DELETE)."""
+        with self._db_lock:
+            return [r[0] for r in self._db.execute("SELECT path FROM kept_local ORDER BY path")]
+
+    def forget_kept_local(self, path: str) -> None:
+        with self._db_lock:
+            self._db.execute("DELETE FROM kept_local WHERE path = ?", (path,))
+
+    def status(self, *, limit: int = 100) -> dict[str, Any]:
+        """A JSON-ready summary for status files."""
+        entries = self.entries()
+        pending = [e for e in entries if e.state == "pending"]
+        return {
+            "pending_uploads": len(pending),
+            "pending": [{"path": e.path, "op": e.op} for e in pending[:limit]],
+            "failed": [
+                {"path": e.path, "op": e.op, "error": e.last_error, "attempts": e.attempts}
+                for e in entries
+                if e.state == "failed"
+            ][:limit],
+            "conflicts": [
+                {
+                    "path": c.path,
+                    "conflict_path": c.conflict_path,
+                    "kind": c.kind,
+                    "detail": c.detail,
+                    "at": c.at,
+                }
+                for c in self.conflicts()[-limit:]
+            ],
+            "deletions_kept_local": self.kept_local()[:limit],
+            "server_reachable": self.server_reachable,
+            "last_error": self.last_error,
+        }
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the uploader threads; queued entries (from a previous run too) are resumed."""
+        with self._cond:
+            if self._threads:
+                return
+            self._stopping = False
+            with self._db_lock:
+                # A restart retries what failed before: the cause may have been fixed.
+                self._db.execute("UPDATE entries SET state = 'pending', next_try = 0")
+            for i in range(self.concurrency):
+                t = threading.Thread(target=self._worker, name=f"outbox-{i}", daemon=True)
+                self._threads.append(t)
+                t.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Let entries in flight finish, stop the threads and join them. The queue is kept."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self.join(timeout)
+
+    def join(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._threads = [t for t in self._threads if t.is_alive()]
+
+    def close(self) -> None:
+        """Stop (if running) and close the database."""
+        self.stop()
+        with self._db_lock:
+            self._db.close()
+
+    def kick(self) -> None:
+        """The server is back (someone reached it): retry now instead of after the backoff."""
+        with self._cond:
+            self._pause_until = 0.0
+            self._failures = 0
+            with self._db_lock:
+                self._db.execute("UPDATE entries SET next_try = 0 WHERE state = 'pending'")
+            self._cond.notify_all()
+
+    def retry_failed(self) -> None:
+        with self._cond:
+            with self._db_lock:
+                self._db.execute(
+                    "UPDATE entries SET state = 'pending', next_try = 0 WHERE state = 'failed'"
+                )
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until nothing is pending or in flight; True if so before `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._inflight or self.pending_count():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(0.2 if left is None else min(0.2, left))
+        return True
+
+    # -- the uploader threads ------------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                entry = None
+                while not self._stopping:
+                    entry, wait = self._claim()
+                    if entry is not None:
+                        break
+                    self._cond.wait(wait)
+                if entry is None:
+                    return
+                self._inflight[entry.path] = entry.id
+            try:
+                self._process(entry)
+            finally:
+                with self._cond:
+                    self._inflight.pop(entry.path, None)
+                    self._cond.notify_all()
+
+    def _claim(self) -> tuple[Entry | None, float]:
+        """The oldest sendable entry, or None and how long to wait. Needs self._cond held."""
+        now = time.time()
+        if self._pause_until > now:
+            return None, min(1.0, self._pause_until - now)
+        with self._db_lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS}, next_try FROM entries WHERE state = 'pending' ORDER BY id"
+            ).fetchall()
+        soonest = 1.0
+        for row in rows:
+            if row[1] in self._inflight:
+                continue
+            next_try = float(row[-1])
+            if next_try > now:
+                soonest = min(soonest, next_try - now)
+                continue
+            return _entry(row[:-1]), 0.0
+        return None, soonest
+
+    def _process(self, entry: Entry) -> None:
+        try:
+            if entry.op == "upload":
+                self._upload(entry)
+            else:
+                self._delete(entry)
+        except (Unreachable, ServerError) as exc:
+            self._transient(entry, exc)
+        except DominoError as exc:
+            self._fail(entry, str(exc))
+        except FileNotFoundError as exc:
+            self._fail(entry, f"staged bytes missing: {exc.filename}")
+        except Exception as exc:  # a bug must not kill the uploader: report, keep the bytes
+            log.exception("outbox: unexpected failure sending %s", entry.path)
+            self._fail(entry, f"internal error: {type(exc).__name__}: {exc}")
+        else:
+            with self._cond:
+                self.server_reachable = True
+                self._failures = 0
+
+    def _transient(self, entry: Entry, exc: DominoError) -> None:
+        with self._cond:
+            self._failures += 1
+            cap = min(self.max_backoff, self.base_backoff * 2 ** min(self._failures, 20))
+            delay = random.uniform(cap / 2, cap)  # jittered, so clients do not return in step
+            self._pause_until = time.time() + delay
+            self.server_reachable = not isinstance(exc, Unreachable)
+            self.last_error = str(exc)
+            with self._db_lock:
+                self._db.execute(
+                    "UPDATE entries SET attempts = attempts + 1, last_error = ?, next_try = ? "
+                    "WHERE id = ?",
+                    (str(exc), time.time() + delay, entry.id),
+                )
+        log.warning("%s; %s stays queued, retry in %.1fs", exc, entry.path, delay)
+
+    def _fail(self, entry: Entry, message: str) -> None:
+        with self._cond:
+            self.last_error = message
+            with self._db_lock:
+                self._db.execute(
+                    "UPDATE entries SET attempts = attempts + 1, last_error = ?, state = 'failed' "
+                    "WHERE id = ?",
+                    (message, entry.id),
+                )
+        log.error("could not send %s %s: %s (kept in the queue)", entry.op, entry.path, message)
+
+    def _remote_key(self, path: str) -> str | None:
+        commits = self.remote.commits()
+        if not commits:
+            return None
+        for f in self.remote.list_files(commits[0], path):
+            if f.path == path:
+                return f.key
+        return None
+
+    def _same_content(self, key: str, staged: Path) -> bool:
+        h = hashlib.sha256()
+        for chunk in self.remote.iter_blob(key):
+            h.update(chunk)
+        return h.hexdigest() == file_sha256(staged)
+
+    def _upload(self, entry: Entry) -> None:
+        assert entry.staged is not None
+        staged = entry.staged
+        size = staged.stat().st_size
+        remote_key = self._remote_key(entry.path)
+        if remote_key is not None and not self._based_on(entry, remote_key):
+            if self._same_content(remote_key, staged):
+                # Ours already (a resend after a crash) or an identical edit: nothing to send.
+                result = UploadResult(path=entry.path, size=size, mtime_ms=0, key=remote_key)
+                self._finish_upload(entry, result)
+                return
+            cpath = conflict_name(entry.path, host=self.host_name)
+            with open(staged, "rb") as fh:
+                result = self.remote.upload(cpath, fh, size=size)
+            detail = (
+                f"{entry.path} changed on the server since this edit started; "
+                f"ours was uploaded as {cpath}"
+            )
+            log.warning("conflict: %s", detail)
+            self._record_conflict(entry.path, cpath, "both_changed", detail)
+            if self.on_conflict is not None:
+                self._hook(self.on_conflict, entry.path, cpath, result, staged, entry)
+            self._complete(entry, rebase_key=None)
+            return
+        with open(staged, "rb") as fh:
+            result = self.remote.upload(entry.path, fh, size=size)
+        log.info("uploaded %s (%d bytes)", entry.path, size)
+        self._finish_upload(entry, result)
+
+    def _based_on(self, entry: Entry, remote_key: str) -> bool:
+        """True if `remote_key` is the entry's base, or our own uploads descending from it."""
+        chain = self._ours.get(entry.path, {})
+        key: str | None = remote_key
+        for _ in range(len(chain) + 1):
+            if key == entry.base_key:
+                return True
+            if key not in chain:
+                return False
+            key = chain[key]
+        return False
+
+    def _finish_upload(self, entry: Entry, result: UploadResult) -> None:
+        assert entry.staged is not None
+        with self._cond:
+            chain = self._ours.setdefault(entry.path, {})
+            if result.key != entry.base_key:
+                chain[result.key] = entry.base_key
+            while len(chain) > 16:
+                del chain[next(iter(chain))]
+        if self.on_uploaded is not None:
+            self._hook(self.on_uploaded, entry.path, result, entry.staged, entry)
+        self.forget_kept_local(entry.path)
+        self._complete(entry, rebase_key=result.key)
+
+    def _delete(self, entry: Entry) -> None:
+        remote_key = self._remote_key(entry.path)
+        outcome: DeleteOutcome
+        if remote_key is None:
+            outcome = "deleted"  # already gone: what was asked
+        elif entry.base_key is not None and not self._based_on(entry, remote_key):
+            outcome = "changed_remotely"
+            detail = (
+                f"{entry.path} was deleted here but changed on the server; "
+                "kept the server's version"
+            )
+            log.warning("conflict: %s", detail)
+            self._record_conflict(entry.path, None, "delete_vs_change", detail)
+        elif self.remote.delete(entry.path):
+            outcome = "deleted"
+            log.info("deleted %s on the server", entry.path)
+        else:
+            outcome = "kept_local"
+            log.warning("%s: the server has no DELETE; the deletion is kept local", entry.path)
+            with self._db_lock:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO kept_local (path, at) VALUES (?, ?)",
+                    (entry.path, time.time()),
+                )
+        if self.on_deleted is not None:
+            self._hook(self.on_deleted, entry.path, outcome, entry)
+        self._complete(entry, rebase_key=None)
+
+    def _hook(self, hook: Callable[..., None], *args: Any) -> None:
+        try:
+            hook(*args)
+        except Exception:  # the owner's bug must not lose the queue entry's outcome
+            log.exception("outbox hook %s failed for %s", getattr(hook, "__name__", hook), args[0])
+
+    def _record_conflict(self, path: str, cpath: str | None, kind: str, detail: str) -> None:
+        with self._db_lock:
+            self._db.execute(
+                "INSERT INTO conflicts (path, conflict_path, kind, detail, at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (path, cpath, kind, detail, time.time()),
+            )
+
+    def _complete(self, entry: Entry, *, rebase_key: str | None) -> None:
+        """Remove a sent entry; later edits of the path are now based on our upload."""
+        with self._cond:
+            with self._db_lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("DELETE FROM entries WHERE id = ?", (entry.id,))
+                if rebase_key is not None:
+                    self._db.execute(
+                        "UPDATE entries SET base_key = ? WHERE path = ? AND id > ?",
+                        (rebase_key, entry.path, entry.id),
+                    )
+                self._db.execute("COMMIT")
+            self.completed += 1
+            self._cond.notify_all()
+        if entry.staged is not None:
+            _unlink(entry.staged)
+
+    def _remove_orphans(self) -> None:
+        """Staged files no entry names (a crash before enqueue committed) are dropped."""
+        with self._db_lock:
+            known = {r[0] for r in self._db.execute("SELECT staged FROM entries") if r[0]}
+        for child in self.staging_dir.iterdir():
+            if str(child) not in known:
+                _unlink(child)
+
+
+def _entry(row: tuple[Any, ...]) -> Entry:
+    try:
+        meta = json.loads(row[8]) if row[8] else {}
+    except ValueError:
+        meta = {}
+    return Entry(
+        id=int(row[0]),
+        path=str(row[1]),
+        op="delete" if row[2] == "delete" else "upload",
+        staged=Path(row[3]) if row[3] else None,
+        base_key=row[4],
+        attempts=int(row[5]),
+        last_error=row[6],
+        state=str(row[7]),
+        meta=meta if isinstance(meta, dict) else {},
+        created=float(row[9]),
+    )
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
