@@ -1,0 +1,522 @@
+"""The blob cache: blob bytes on local disk, keyed by blob key, size-bounded, least recently used.
+
+Owns: the cache directory (shared by every mount of the user), one download per key however
+many readers, serving readers while their bytes are still arriving, Range requests for reads
+far ahead of the download, integrity checks before anything enters the cache, pinning of blobs
+open for reading, and eviction. Must not know paths, trees, FUSE or HTTP: bytes come from a
+`Fetch` callable (cli hands down `Remote.iter_blob`), and every failure is an errors.* error.
+
+Layout and why:
+- The index and the size/LRU bookkeeping are a diskcache.Cache (`eviction_policy=
+  'least-recently-used'`; diskcache's default is least-recently-stored). Every blob is stored as
+  a file in diskcache's own directory layout, so diskcache accounts its size and deletes it.
+- A download streams into `partial/<random>` inside the same directory (same filesystem). When it
+  is complete and verified, `_BlobDisk.store` *renames* that file into diskcache's layout: the
+  bytes are moved, never copied (diskcache's `set(read=True)` would copy them). A short download
+  or a hash mismatch is unlinked and never enters the index; the next read retries.
+- Readers keep an fd of the blob file and read it with `os.pread`: once a blob is complete the
+  read path takes no lock and makes no copy beyond the one pread does. The fd survives the rename
+  into the cache, so a reader that started on a partial download never needs to reopen.
+- Eviction is ours, not diskcache's auto-cull (`cull_limit=0`): we walk the LRU order (the
+  `access_time` column diskcache keeps for this policy) and skip pinned keys, so a blob open for
+  reading in this process is never evicted from under its reader. Another process sharing the
+  cache cannot see our pins; if it evicts such a blob, POSIX keeps the unlinked inode alive for
+  our open fd, so the reader still never notices.
+- Keys that look like a SHA-1 (40 hex) are verified against sha1(content) when `verify` is set
+  (the local server's keys are sha1 of content). Bytes served to a reader before the download
+  finished are not yet verified; they never reach the cache if the hash turns out wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import diskcache
+
+from .config import ensure_private_dir
+from .errors import DominoError, IntegrityError, Unreachable
+
+log = logging.getLogger(__name__)
+
+Fetch = Callable[[str, int], Iterator[bytes]]
+"""fetch(key, offset) -> an iterator of the blob's bytes from `offset` (raises errors.*)."""
+
+_SHA1 = re.compile(r"^[0-9a-f]{40}$")
+_MODE_BINARY = 2  # diskcache.core.MODE_BINARY
+
+
+@dataclass(frozen=True, slots=True)
+class _MoveIn:
+    """A value for `_BlobDisk.store`: move this finished file into the cache."""
+
+    path: str
+    size: int
+
+
+class _BlobDisk(diskcache.Disk):  # type: ignore[misc]
+    """diskcache's Disk, plus storing a finished download by renaming it into place."""
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.UNKNOWN) -> Any:
+        if isinstance(value, _MoveIn):
+            filename, full_path = self.filename(key, value)
+            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            os.rename(value.path, full_path)
+            return value.size, _MODE_BINARY, filename, None
+        return super().store(value, read, key)
+
+
+@dataclass(eq=False)
+class _Extent:
+    """A Range download for a region far ahead of the main download."""
+
+    start: int
+    limit: int
+    arrived: int  # absolute offset up to which bytes are in the file
+    error: DominoError | None = None
+    done: bool = False
+
+
+@dataclass(eq=False)
+class _Download:
+    """One streaming download of one blob into a partial file."""
+
+    key: str
+    size: int
+    path: str
+    cond: threading.Condition
+    arrived: int = 0
+    rfd: int = -1  # read fd held while in flight, dup'ed by readers who join
+    done: bool = False
+    error: DominoError | None = None
+    extents: list[_Extent] = field(default_factory=list)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+
+class BlobReader:
+    """An open blob: `read` answers from the local file, waiting only for bytes not yet here."""
+
+    __slots__ = ("_cache", "_dl", "_fd", "key", "size")
+
+    def __init__(self, cache: BlobCache, key: str, size: int, fd: int, dl: _Download | None):
+        self._cache = cache
+        self.key = key
+        self.size = size
+        self._fd = fd
+        self._dl = dl
+
+    def read(self, size: int, offset: int) -> bytes:
+        """Up to `size` bytes at `offset` (fewer only at the end of the blob).
+
+        Raises:
+            DominoError: the download failed (Unreachable, IntegrityError, NotFound, ...).
+        """
+        dl = self._dl
+        if dl is None or dl.arrived >= offset + size < self.size:
+            return os.pread(self._fd, size, offset)  # the fast path: no lock, one copy
+        return self._cache._read_waiting(self, size, offset)
+
+    def close(self) -> None:
+        self._cache._release(self)
+
+
+class BlobCache:
+    """Blob bytes on disk, shared by every mount of the user (see the module docstring)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        size_limit: int,
+        fetch: Fetch,
+        verify: bool = True,
+        wait_timeout: float = 60.0,
+        range_gap: int = 8 << 20,
+        range_span: int = 32 << 20,
+    ) -> None:
+        self.directory = ensure_private_dir(Path(directory))
+        self._partial = ensure_private_dir(self.directory / "partial")
+        self.size_limit = size_limit
+        self._fetch = fetch
+        self._verify = verify
+        self._wait_timeout = wait_timeout
+        self._range_gap = range_gap
+        self._range_span = range_span
+        self._dc = diskcache.Cache(
+            str(self.directory / "blobs"),
+            disk=_BlobDisk,
+            size_limit=size_limit,
+            eviction_policy="least-recently-used",
+            cull_limit=0,  # we cull ourselves, skipping pinned keys
+        )
+        self._lock = threading.Lock()  # guards _inflight, _pins, counters
+        self._inflight: dict[str, _Download] = {}
+        self._pins: dict[str, int] = {}
+        self._closed = False
+        self.hits = 0
+        self.misses = 0
+        self.downloads = 0
+        self.range_requests = 0
+        self.bytes_downloaded = 0
+        self.integrity_failures = 0
+        self.last_error: str | None = None
+        self._clean_partials()
+
+    # -- public --------------------------------------------------------------------------
+
+    def open(self, key: str, size: int) -> BlobReader:
+        """Open blob `key` of `size` bytes for reading; starts its download on a miss.
+
+        Never waits for bytes: the first read does. Raises DominoError only when closing.
+        """
+        if self._closed:
+            raise Unreachable("the mount is shutting down")
+        if size == 0:
+            return BlobReader(self, key, 0, os.open(os.devnull, os.O_RDONLY), None)
+        reader = self._open_cached(key, size)
+        if reader is not None:
+            return reader
+        with self._lock:
+            self._pins[key] = self._pins.get(key, 0) + 1
+        try:
+            return self._attach(key, size)
+        except BaseException:
+            self._unpin(key)
+            raise
+
+    def contains(self, key: str) -> bool:
+        """True when the whole blob is in the cache."""
+        return key in self._dc
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "downloads": self.downloads,
+            "range_requests": self.range_requests,
+            "bytes_downloaded": self.bytes_downloaded,
+            "integrity_failures": self.integrity_failures,
+            "downloading": len(self._inflight),
+            "size_limit": self.size_limit,
+            "last_error": self.last_error,
+        }
+
+    def volume(self) -> int:
+        return int(self._dc.volume())
+
+    def close(self) -> None:
+        """Stop downloads (their partial files are dropped) and close the index."""
+        with self._lock:
+            self._closed = True
+            downloads = list(self._inflight.values())
+        for dl in downloads:
+            with dl.cond:
+                dl.cond.notify_all()
+            for t in list(dl.threads):
+                t.join(timeout=5)
+        self._dc.close()
+
+    # -- opening -------------------------------------------------------------------------
+
+    def _open_cached(self, key: str, size: int) -> BlobReader | None:
+        with self._lock:
+            if key in self._inflight:
+                return None
+            self._pins[key] = self._pins.get(key, 0) + 1
+        try:
+            fh = self._dc.get(key, default=None, read=True)
+        except (OSError, diskcache.Timeout):
+            fh = None  # evicted by another process between the index and the file
+        if fh is None:
+            self._unpin(key)
+            return None
+        fd = os.dup(fh.fileno())
+        fh.close()
+        if os.fstat(fd).st_size != size:
+            # Not what the listing promised: forget it rather than serve it.
+            os.close(fd)
+            self._dc.delete(key)
+            self._unpin(key)
+            return None
+        self.hits += 1
+        return BlobReader(self, key, size, fd, None)
+
+    def _attach(self, key: str, size: int) -> BlobReader:
+        """Join the key's download, starting one if there is none (pin already taken)."""
+        try:
+            fd, dl = self._join(key, size)
+        except BaseException:
+            self._unpin(key)
+            raise
+        if dl is None:
+            # It reached the cache in between (the pin taken by open() covers it).
+            return BlobReader(self, key, size, fd, None)
+        return BlobReader(self, key, size, fd, dl)
+
+    def _join(self, key: str, size: int) -> tuple[int, _Download | None]:
+        """An fd on the key's bytes: a dup of an in-flight download's, or the cached file's."""
+        for _ in range(5):
+            with self._lock:
+                dl = self._inflight.get(key)
+                if dl is None and key not in self._dc:
+                    dl = self._start(key, size)
+                if dl is not None:
+                    # dl.rfd stays open until the download leaves _inflight (under this lock),
+                    # so the dup works even after the partial file was renamed or unlinked.
+                    return os.dup(dl.rfd), dl
+            cached = self._open_cached(key, size)
+            if cached is not None:
+                fd = os.dup(cached._fd)
+                cached.close()
+                return fd, None
+        raise Unreachable(f"blob {key[:12]}: the cache keeps changing under this read; try again")
+
+    def _start(self, key: str, size: int) -> _Download:
+        """Start the download of `key`. Caller holds self._lock."""
+        path = str(self._partial / f"{key[:40]}.{uuid.uuid4().hex[:12]}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        dl = _Download(key=key, size=size, path=path, cond=threading.Condition())
+        dl.rfd = os.open(path, os.O_RDONLY)
+        self._inflight[key] = dl
+        self.misses += 1
+        self.downloads += 1
+        t = threading.Thread(
+            target=self._download, args=(dl, fd), name=f"blob-{key[:8]}", daemon=True
+        )
+        dl.threads.append(t)
+        t.start()
+        return dl
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _read_waiting(self, reader: BlobReader, size: int, offset: int) -> bytes:
+        """Wait until [offset, offset+size) has arrived (main stream or a Range extent)."""
+        end = min(offset + size, reader.size)
+        if offset >= end:
+            return b""
+        dl = reader._dl
+        assert dl is not None
+        if dl.error is not None:
+            dl = self._retry(reader)
+            if dl is None:
+                return os.pread(reader._fd, size, offset)
+        deadline = time.monotonic() + self._wait_timeout
+        with dl.cond:
+            while True:
+                if dl.done:
+                    reader._dl = None  # complete and in the cache: the fast path from now on
+                    break
+                if dl.error is not None:
+                    raise dl.error
+                if dl.arrived >= end and end < reader.size:
+                    break
+                # The last bytes are served once the whole blob is verified, so a reader that
+                # reads to the end gets EIO rather than a silently corrupt file.
+                if any(e.start <= offset and e.arrived >= end for e in dl.extents):
+                    break
+                if self._closed:
+                    raise Unreachable("the mount is shutting down")
+                pending = [e for e in dl.extents if e.start <= offset < e.limit and not e.done]
+                failed = [e for e in dl.extents if e.start <= offset < e.limit and e.error]
+                if failed and not pending:
+                    error = failed[-1].error
+                    assert error is not None
+                    dl.extents.remove(failed[-1])  # the next read may try again
+                    raise error
+                if not pending and offset > dl.arrived + self._range_gap:
+                    self._start_extent(dl, offset)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Unreachable(f"blob {dl.key[:12]}: no bytes arrived in time")
+                dl.cond.wait(min(remaining, 1.0))
+        return os.pread(reader._fd, end - offset, offset)
+
+    def _retry(self, reader: BlobReader) -> _Download | None:
+        """The reader's download failed earlier: reattach to a fresh one (or the cached blob)."""
+        fd, dl = self._join(reader.key, reader.size)
+        os.close(reader._fd)
+        reader._fd, reader._dl = fd, dl
+        return dl
+
+    def _release(self, reader: BlobReader) -> None:
+        if reader._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(reader._fd)
+            reader._fd = -1
+            self._unpin(reader.key)
+
+    def _unpin(self, key: str) -> None:
+        with self._lock:
+            n = self._pins.get(key, 0) - 1
+            if n > 0:
+                self._pins[key] = n
+            else:
+                self._pins.pop(key, None)
+
+    # -- downloading ---------------------------------------------------------------------
+
+    def _download(self, dl: _Download, fd: int) -> None:
+        digest = hashlib.sha1(usedforsecurity=False) if self._verify_key(dl.key) else None
+        stored = False
+        chunks: Iterator[bytes] | None = None
+        try:
+            chunks = self._fetch(dl.key, 0)
+            for chunk in chunks:
+                if self._closed:
+                    raise Unreachable("the mount is shutting down")
+                n = len(chunk)
+                if dl.arrived + n > dl.size:
+                    raise IntegrityError(
+                        f"blob {dl.key[:12]}: server sent more than the listed {dl.size} bytes"
+                    )
+                _write_all(fd, chunk)
+                if digest is not None:
+                    digest.update(chunk)
+                with dl.cond:
+                    dl.arrived += n
+                    dl.cond.notify_all()
+                self.bytes_downloaded += n
+            if dl.arrived != dl.size:
+                raise IntegrityError(
+                    f"blob {dl.key[:12]}: short download ({dl.arrived} of {dl.size} bytes)"
+                )
+            if digest is not None and digest.hexdigest() != dl.key:
+                raise IntegrityError(f"blob {dl.key[:12]}: content does not match its key")
+            os.close(fd)
+            fd = -1
+            self._dc.set(dl.key, _MoveIn(dl.path, dl.size))
+            stored = True
+            self._cull()
+        except DominoError as exc:
+            self._fail(dl, exc)
+        except Exception as exc:
+            log.exception("blob %s: download failed unexpectedly", dl.key[:12])
+            self._fail(dl, DominoError(f"blob {dl.key[:12]}: download failed: {exc}"))
+        finally:
+            if chunks is not None and hasattr(chunks, "close"):
+                with contextlib.suppress(Exception):
+                    chunks.close()
+            if fd >= 0:
+                os.close(fd)
+            if stored:
+                self._leave(dl)
+                with dl.cond:
+                    dl.done = True
+                    dl.cond.notify_all()
+
+    def _fail(self, dl: _Download, exc: DominoError) -> None:
+        if isinstance(exc, IntegrityError):
+            self.integrity_failures += 1
+        self.last_error = str(exc)
+        log.warning("%s", exc)
+        self._leave(dl)
+        with contextlib.suppress(OSError):
+            os.unlink(dl.path)
+        with dl.cond:
+            dl.error = exc
+            dl.cond.notify_all()
+
+    def _leave(self, dl: _Download) -> None:
+        with self._lock:
+            if self._inflight.get(dl.key) is dl:
+                del self._inflight[dl.key]
+            if dl.rfd >= 0:
+                os.close(dl.rfd)
+                dl.rfd = -1
+
+    def _start_extent(self, dl: _Download, offset: int) -> None:
+        """Start a Range download at `offset`. Caller holds dl.cond."""
+        start = offset - offset % (1 << 20)
+        ext = _Extent(start=start, limit=min(dl.size, start + self._range_span), arrived=start)
+        dl.extents.append(ext)
+        self.range_requests += 1
+        t = threading.Thread(
+            target=self._download_extent, args=(dl, ext), name=f"range-{dl.key[:8]}", daemon=True
+        )
+        dl.threads.append(t)
+        t.start()
+
+    def _download_extent(self, dl: _Download, ext: _Extent) -> None:
+        chunks: Iterator[bytes] | None = None
+        fd = -1
+        try:
+            fd = os.open(dl.path, os.O_WRONLY)
+            chunks = self._fetch(dl.key, ext.start)
+            pos = ext.start
+            for chunk in chunks:
+                if self._closed or dl.error is not None or dl.done or dl.arrived >= pos:
+                    break  # the main download caught up, or it is over
+                chunk = chunk[: ext.limit - pos]
+                os.pwrite(fd, chunk, pos)
+                pos += len(chunk)
+                self.bytes_downloaded += len(chunk)
+                with dl.cond:
+                    ext.arrived = pos
+                    dl.cond.notify_all()
+                if pos >= ext.limit:
+                    break
+        except DominoError as exc:
+            ext.error = exc
+        except OSError as exc:  # the partial file is gone: the main download ended
+            if dl.error is None and not dl.done:
+                ext.error = DominoError(f"blob {dl.key[:12]}: range download failed: {exc}")
+        except Exception as exc:
+            log.exception("blob %s: range download failed unexpectedly", dl.key[:12])
+            ext.error = DominoError(f"blob {dl.key[:12]}: range download failed: {exc}")
+        finally:
+            if chunks is not None and hasattr(chunks, "close"):
+                with contextlib.suppress(Exception):
+                    chunks.close()
+            if fd >= 0:
+                os.close(fd)
+            with dl.cond:
+                ext.done = True
+                dl.cond.notify_all()
+
+    def _verify_key(self, key: str) -> bool:
+        return self._verify and _SHA1.match(key) is not None
+
+    # -- eviction ------------------------------------------------------------------------
+
+    def _cull(self) -> None:
+        """Evict least recently used blobs until the cache fits, skipping pinned ones."""
+        excess = int(self._dc.volume()) - self.size_limit
+        if excess <= 0:
+            return
+        # diskcache keeps access_time for the least-recently-used policy; walk that order.
+        rows = self._dc._sql("SELECT key, size FROM Cache ORDER BY access_time").fetchall()
+        for key, size in rows:
+            if excess <= 0:
+                break
+            with self._lock:
+                pinned = key in self._pins
+            if pinned:
+                continue
+            if self._dc.delete(key):
+                excess -= int(size or 0)
+
+    def _clean_partials(self) -> None:
+        """Drop partial files older than a day (left by a killed mount; live ones are newer)."""
+        cutoff = time.time() - 86400
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self._partial):
+                with contextlib.suppress(OSError):
+                    if entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]

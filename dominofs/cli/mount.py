@@ -1,0 +1,180 @@
+"""`dominofs mount` and `dominofs umount` (CONTRACT §4).
+
+Owns: the command line of a mount, building the client it hands to mount.py, and the background
+mode: validate, start `python -m dominofs mount --foreground ...` as a detached child (the API key
+through its environment, never argv; stderr to the mount's log file), and return once the mount
+answers, or print the child's error and fail.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .. import mount as mount_mod
+from ..api import DominoClient
+from ..config import ensure_private_dir
+from ..errors import DominoError
+from .common import DEBUG_KEY, parse_project, server_options, settings
+
+READY_TIMEOUT = 60.0
+
+
+@click.command()
+@click.argument("project")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--foreground", is_flag=True, help="Stay in the foreground (systemd Type=notify).")
+@click.option("--read-only", is_flag=True, help="Refuse every write.")
+@click.option("--commit", default=None, metavar="ID", help="Mount this commit (read-only).")
+@click.option(
+    "--poll-interval",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds between checks for a new head commit; 0 = never.",
+)
+@click.option(
+    "--upload-delay",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds after the last close before a file is uploaded.",
+)
+@click.option(
+    "--cache-dir",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Blob cache folder (shared by all mounts). Default: the user cache dir.",
+)
+@click.option("--cache-size", default=None, metavar="SIZE", help="Cache size, e.g. 10GiB.")
+@server_options
+@click.pass_context
+def mount(
+    ctx: click.Context,
+    project: str,
+    mountpoint: Path,
+    foreground: bool,
+    read_only: bool,
+    commit: str | None,
+    poll_interval: float,
+    upload_delay: float,
+    cache_dir: Path | None,
+    cache_size: str | None,
+) -> None:
+    """Mount OWNER/PROJECT at MOUNTPOINT (an empty folder)."""
+    s = settings(ctx, cache_dir=cache_dir, cache_size=cache_size)
+    ref = parse_project(project)
+    mountpoint = Path(os.path.abspath(mountpoint))
+    options = mount_mod.MountOptions(
+        mountpoint=mountpoint,
+        state_dir=mount_mod.mount_state_dir(s.state_dir, s.host, ref),
+        cache_dir=s.cache_dir,
+        cache_size=s.cache_size,
+        read_only=read_only,
+        commit=commit,
+        poll_interval=poll_interval,
+        upload_delay=upload_delay,
+        wait_timeout=max(30.0, 2 * s.read_timeout),
+        debug=bool(ctx.meta.get(DEBUG_KEY)),
+    )
+    client = DominoClient.from_settings(s)
+    ctx.call_on_close(client.close)
+    remote = client.project(ref)
+    if foreground:
+        mount_mod.run(remote, options)
+        return
+    mount_mod.preflight(remote, options)
+    state_dir = ensure_private_dir(options.state_dir)
+    ensure_private_dir(s.cache_dir)
+    log_path = state_dir / "mount.log"
+    argv = [sys.executable, "-m", "dominofs", "-v", "mount", "--foreground",
+            "--host", s.host, str(ref), str(mountpoint),
+            "--poll-interval", str(poll_interval), "--upload-delay", str(upload_delay),
+            "--cache-dir", str(s.cache_dir), "--cache-size", str(s.cache_size)]  # fmt: skip
+    if read_only:
+        argv.append("--read-only")
+    if commit:
+        argv += ["--commit", commit]
+    env = dict(os.environ)
+    env["DOMINO_USER_API_KEY"] = s.api_key  # through the environment: argv is public
+    env["DOMINOFS_STATE_DIR"] = str(s.state_dir)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    start_offset = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=fd,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        code = child.poll()
+        if code is not None:
+            raise DominoError(_last_error(log_path, start_offset) or f"the mount exited ({code})")
+        if _answers(mountpoint):
+            click.echo(f"mounted {ref} at {mountpoint} (log: {log_path})", err=True)
+            return
+        if time.monotonic() > deadline:
+            child.kill()
+            child.wait(10)
+            if mount_mod.is_stale(mountpoint):
+                mount_mod.cleanup_stale(mountpoint)
+            raise DominoError(
+                f"the mount did not answer within {READY_TIMEOUT:.0f}s; see {log_path}"
+            )
+        time.sleep(0.05)
+
+
+def _answers(mountpoint: Path) -> bool:
+    try:
+        if not os.path.ismount(mountpoint):
+            return False
+        os.statvfs(mountpoint)  # reaches the daemon (stat may come from the kernel's cache)
+        os.stat(mountpoint)
+    except OSError:
+        return False
+    return True
+
+
+def _last_error(log_path: Path, offset: int) -> str | None:
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(offset)
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    prefix = "dominofs: error: "
+    for line in reversed(lines):
+        if line.startswith(prefix):
+            return line[len(prefix) :]
+    for line in reversed(lines):
+        if line.strip():
+            return line.strip()
+    return None
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+def umount(mountpoint: Path) -> None:
+    """Unmount MOUNTPOINT and wait for its mount process to finish."""
+    from ..config import load_settings
+
+    try:
+        state_root = load_settings(require_key=False).state_dir
+    except DominoError:
+        state_root = None
+    mount_mod.unmount(mountpoint, state_root=state_root)
+
+
+COMMANDS = [mount, umount]

@@ -1,0 +1,236 @@
+"""The FUSE adapter: mfusepy Operations that translate kernel calls into VFS calls.
+
+Owns: the libfuse 3 binding (mfusepy with FUSE_LIBRARY_NAME=fuse3), mount options, the kernel
+cache settings (attribute/entry timeouts, per-open keep_cache and direct_io), kernel cache
+invalidation of changed paths, and the ONE place where exceptions become errno values
+(`_FUSE._wrapper`): an errors.* error returns its errno, anything unexpected is logged with its
+traceback and returns EIO, so one bad request never takes the mount down.
+Must not decide anything (that is vfs.py), and must not import requests, diskcache or api.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+os.environ["FUSE_LIBRARY_NAME"] = "fuse3"  # mfusepy would otherwise load libfuse 2 first
+
+import mfusepy
+
+from .vfs import VFS, Opened
+
+log = logging.getLogger(__name__)
+
+ATTR_TIMEOUT = 1.0
+ENTRY_TIMEOUT = 1.0
+NEGATIVE_TIMEOUT = 1.0
+
+
+class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
+    """mfusepy's FUSE with our error translation and a leaner read path."""
+
+    def __init__(self, operations: Operations, mountpoint: str, **kwargs: Any) -> None:
+        self._vfs_read = operations.vfs.read
+        super().__init__(operations, mountpoint, raw_fi=True, **kwargs)
+
+    def _wrapper(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+        # The one errno mapping: errors.* carry their errno; everything else is EIO.
+        try:
+            try:
+                return int(func(*args, **kwargs) or 0)
+            except OSError as exc:
+                if func.__name__ == "init":
+                    raise
+                if isinstance(exc.errno, int) and exc.errno > 0:
+                    if exc.errno not in (errno.ENOENT, errno.EROFS):
+                        log.debug("%s: %s", func.__name__, exc)
+                    return -exc.errno
+                log.exception("%s: OSError without errno; returning EIO", func.__name__)
+                return -errno.EIO
+            except Exception:
+                if func.__name__ == "init":
+                    raise
+                log.exception("%s failed unexpectedly; returning EIO", func.__name__)
+                return -errno.EIO
+        except BaseException as exc:
+            self._FUSE__critical_exception = exc
+            log.critical("%s: fatal %s; unmounting", func.__name__, type(exc).__name__)
+            mfusepy.fuse_exit()
+            return -errno.EFAULT
+
+    def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        # Skips mfusepy's per-call path decoding: a read needs only its handle.
+        data = self._vfs_read(fip.contents.fh, size, offset)
+        n = len(data)
+        if n:
+            ctypes.memmove(buf, data, n)
+        return n
+
+
+def _fh(fi: Any) -> int | None:
+    return int(fi.fh) if fi is not None else None
+
+
+class Operations(mfusepy.Operations):  # type: ignore[misc]
+    """FUSE operations over a VFS: translation only."""
+
+    use_ns = True
+
+    def __init__(
+        self,
+        vfs: VFS,
+        *,
+        on_init: Callable[[], None] | None = None,
+        on_destroy: Callable[[], None] | None = None,
+    ) -> None:
+        self.vfs = vfs
+        self._on_init = on_init
+        self._on_destroy = on_destroy
+        self._fuse_ptr: ctypes.c_void_p | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        if config is not None:
+            config.entry_timeout = ENTRY_TIMEOUT
+            config.attr_timeout = ATTR_TIMEOUT
+            config.negative_timeout = NEGATIVE_TIMEOUT
+            config.kernel_cache = 0  # decided per open (keep_cache), by blob key
+            config.auto_cache = 0
+        lib = mfusepy._libfuse
+        if hasattr(lib, "fuse_invalidate_path"):
+            lib.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+            lib.fuse_invalidate_path.restype = ctypes.c_int
+            self._fuse_ptr = ctypes.c_void_p(lib.fuse_get_context().contents.fuse)
+            self.vfs.invalidate = self._invalidate
+        if self._on_init is not None:
+            self._on_init()
+
+    def destroy(self, path: str) -> None:
+        self.vfs.invalidate = None
+        self._fuse_ptr = None
+        if self._on_destroy is not None:
+            self._on_destroy()
+
+    def _invalidate(self, paths: Iterable[str]) -> None:
+        ptr = self._fuse_ptr
+        if ptr is None:
+            return
+        for p in paths:
+            # ENOENT: the kernel never looked the path up; nothing to drop.
+            mfusepy._libfuse.fuse_invalidate_path(ptr, p.encode("utf-8", "surrogateescape"))
+
+    # -- metadata ------------------------------------------------------------------------
+
+    def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
+        return self.vfs.getattr(path, _fh(fh))
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        return [".", "..", *self.vfs.readdir(path)]
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return self.vfs.statfs()
+
+    # -- files ---------------------------------------------------------------------------
+
+    def _set(self, fi: Any, opened: Opened) -> int:
+        fi.fh = opened.fh
+        fi.keep_cache = 1 if opened.keep_cache else 0
+        fi.direct_io = 1 if opened.direct_io else 0
+        return 0
+
+    def open(self, path: str, fi: Any) -> int:
+        return self._set(fi, self.vfs.open(path, fi.flags))
+
+    def create(self, path: str, mode: int, fi: Any) -> int:
+        return self._set(fi, self.vfs.create(path, mode, fi.flags))
+
+    def read(self, path: str | None, size: int, offset: int, fh: Any) -> bytes:
+        return self.vfs.read(fh.fh, size, offset)  # _FUSE.read is what libfuse calls
+
+    def write(self, path: str | None, data: bytes, offset: int, fh: Any) -> int:
+        return self.vfs.write(fh.fh, data, offset)
+
+    def truncate(self, path: str | None, length: int, fh: Any = None) -> int:
+        self.vfs.truncate(path or "", length, _fh(fh))
+        return 0
+
+    def flush(self, path: str | None, fh: Any) -> int:
+        self.vfs.flush(fh.fh)
+        return 0
+
+    def release(self, path: str | None, fh: Any) -> int:
+        self.vfs.release(fh.fh)
+        return 0
+
+    def fsync(self, path: str | None, datasync: int, fh: Any) -> int:
+        self.vfs.fsync(fh.fh)
+        return 0
+
+    # -- mutations -----------------------------------------------------------------------
+
+    def mkdir(self, path: str, mode: int) -> int:
+        self.vfs.mkdir(path, mode)
+        return 0
+
+    def rmdir(self, path: str) -> int:
+        self.vfs.rmdir(path)
+        return 0
+
+    def unlink(self, path: str) -> int:
+        self.vfs.unlink(path)
+        return 0
+
+    def rename(self, old: str, new: str) -> int:
+        self.vfs.rename(old, new)
+        return 0
+
+    def chmod(self, path: str | None, mode: int) -> int:
+        self.vfs.chmod(path or "", mode)
+        return 0
+
+    def chown(self, path: str | None, uid: int, gid: int) -> int:
+        self.vfs.chown(path or "", uid, gid)
+        return 0
+
+    def utimens(self, path: str | None, times: tuple[int, int] | None = None) -> int:
+        self.vfs.utimens(path or "", times)
+        return 0
+
+    def symlink(self, target: str, source: str) -> int:
+        self.vfs.symlink(target, source)
+        return 0
+
+    def link(self, target: str, source: str) -> int:
+        self.vfs.link(target, source)
+        return 0
+
+
+def mount(
+    vfs: VFS,
+    mountpoint: str,
+    *,
+    on_init: Callable[[], None] | None = None,
+    on_destroy: Callable[[], None] | None = None,
+    debug: bool = False,
+) -> None:
+    """Mount `vfs` at `mountpoint` and serve it until unmounted (SIGINT/SIGTERM unmount).
+
+    Raises:
+        RuntimeError: libfuse could not mount.
+    """
+    ops = Operations(vfs, on_init=on_init, on_destroy=on_destroy)
+    _FUSE(
+        ops,
+        mountpoint,
+        foreground=True,
+        nothreads=False,
+        debug=debug,
+        fsname="dominofs",
+        subtype="dominofs",
+        default_permissions=True,
+    )

@@ -1,0 +1,344 @@
+"""The mount's lifecycle: options, checks before mounting, readiness, signals, unmounting.
+
+Owns: where a mount keeps its state (listing, log, pid file, registry entry), validating the
+mount point (including cleaning up a stale "Transport endpoint is not connected" one left by a
+killed mount), the first listing (from the server, or the persisted one when it is away),
+wiring cache + runs + vfs + fs together for one mount, systemd readiness (one sd_notify
+datagram each for READY=1 and STOPPING=1), raising the mount's read-ahead, and unmounting.
+Must not build a client (cli hands down a `Remote`), import requests or talk HTTP itself.
+SIGINT and SIGTERM are libfuse's: they end the FUSE loop, which unmounts; we clean up after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cache import BlobCache
+from .config import ensure_private_dir
+from .errors import DominoError, NotFound, Unreachable, UsageError
+from .models import ProjectRef, Remote
+from .runsdir import RunsDir
+from .tree import Tree
+from .vfs import VFS
+
+log = logging.getLogger(__name__)
+
+BLOB_CHUNK = 512 * 1024
+READ_AHEAD_KB = 1024
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    """Everything one mount needs besides the Remote."""
+
+    mountpoint: Path
+    state_dir: Path
+    cache_dir: Path
+    cache_size: int
+    read_only: bool = False
+    commit: str | None = None
+    poll_interval: float = 15.0
+    upload_delay: float = 1.0
+    wait_timeout: float = 60.0
+    debug: bool = False
+
+    @property
+    def listing_path(self) -> Path:
+        if self.commit:
+            return self.state_dir / f"listing-{_safe(self.commit)[:40]}.json"
+        return self.state_dir / "listing.json"
+
+
+# -- state -------------------------------------------------------------------------------
+
+
+def mount_state_dir(state_root: Path, host: str, project: ProjectRef) -> Path:
+    """The per-project state dir: <state>/mounts/<host-port>_<owner>_<name>-<hash> (not created)."""
+    bare = re.sub(r"^https?://", "", host)
+    digest = hashlib.sha1(f"{host}|{project}".encode(), usedforsecurity=False).hexdigest()[:8]
+    return Path(state_root) / "mounts" / f"{_safe(bare)}_{project.owner}_{project.name}-{digest}"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
+
+
+def registry_entries(state_root: Path) -> list[dict[str, object]]:
+    """Every mount this user started that may still run: {mountpoint, pid, project, host}."""
+    entries: list[dict[str, object]] = []
+    for path in sorted((Path(state_root) / "mounts").glob("*/mount.json")):
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict):
+                data["state_dir"] = str(path.parent)
+                entries.append(data)
+    return entries
+
+
+# -- the mount point ---------------------------------------------------------------------
+
+
+def is_stale(path: Path) -> bool:
+    """True when `path` is a dead FUSE mount ("Transport endpoint is not connected")."""
+    try:
+        # statfs always reaches the daemon; stat of the root may be answered from the kernel's
+        # attribute cache even when the daemon is gone.
+        os.statvfs(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def fusermount(path: Path, *, lazy: bool = False) -> tuple[bool, str]:
+    """Run `fusermount3 -u[z] path`; returns (ok, its one-line message)."""
+    tool = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
+    try:
+        proc = subprocess.run(
+            [tool, "-uz" if lazy else "-u", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, str(exc)
+    message = " ".join((proc.stderr or proc.stdout).split())
+    return proc.returncode == 0, message
+
+
+def cleanup_stale(path: Path) -> None:
+    """Unmount a dead mount left by a killed process (plain first, then lazy).
+
+    Raises:
+        DominoError: it stays dead.
+    """
+    log.warning("%s: cleaning up a mount left by a process that died", path)
+    fusermount(path)
+    if is_stale(path):
+        fusermount(path, lazy=True)
+    if is_stale(path):
+        raise DominoError(f"{path} is a dead mount and fusermount3 -uz could not remove it")
+
+
+def check_mountpoint(path: Path) -> None:
+    """Make sure `path` can be mounted on: an existing, empty folder that is not mounted.
+
+    A stale mount left by a killed dominofs is cleaned up first.
+
+    Raises:
+        UsageError: missing, not a folder, not empty, or already mounted.
+    """
+    if is_stale(path):
+        cleanup_stale(path)
+    if not path.exists():
+        raise UsageError(f"mount point {path} does not exist: create it with mkdir {path}")
+    if not path.is_dir():
+        raise UsageError(f"mount point {path} is not a folder")
+    if os.path.ismount(path):
+        raise UsageError(f"{path} is already mounted: run dominofs umount {path} first")
+    try:
+        if any(os.scandir(path)):
+            raise UsageError(f"mount point {path} is not empty: mount on an empty folder")
+    except PermissionError:
+        raise UsageError(f"mount point {path} cannot be read") from None
+
+
+def unmount(path: Path, *, state_root: Path | None = None, timeout: float = 30.0) -> None:
+    """Unmount `path` and wait for its mount process (if known) to finish.
+
+    Raises:
+        UsageError: nothing is mounted there. DominoError: fusermount3 refused (busy).
+    """
+    path = Path(os.path.abspath(path))
+    if is_stale(path):
+        cleanup_stale(path)
+        return
+    if not os.path.ismount(path):
+        raise UsageError(f"{path} is not mounted")
+    ok, message = fusermount(path)
+    if not ok:
+        raise DominoError(f"cannot unmount {path}: {message or 'fusermount3 failed'}")
+    if state_root is None:
+        return
+    for entry in registry_entries(state_root):
+        if entry.get("mountpoint") == str(path) and isinstance(entry.get("pid"), int):
+            _wait_pid_gone(int(entry["pid"]), timeout)  # type: ignore[call-overload]
+
+
+def _wait_pid_gone(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            return
+        time.sleep(0.05)
+
+
+# -- the first listing -------------------------------------------------------------------
+
+
+def initial_tree(remote: Remote, options: MountOptions) -> tuple[Tree, bool]:
+    """The tree to mount and whether the server answered.
+
+    Raises:
+        AuthError, Forbidden, NotFound: the key or project is wrong (never masked by a saved
+        listing). Unreachable: the server is away and no listing is saved.
+    """
+    try:
+        if options.commit:
+            commit = options.commit
+        else:
+            commits = remote.commits()
+            if not commits:
+                raise NotFound(f"{remote.host} ({remote.project}): the project has no commit")
+            commit = commits[0]
+        return Tree(commit, remote.list_files(commit)), True
+    except Unreachable as exc:
+        saved = Tree.load(options.listing_path)
+        if saved is None:
+            raise Unreachable(f"{exc}; and no listing of {remote.project} is saved here") from None
+        log.warning("%s; mounting the saved listing of commit %s", exc, saved.commit_id[:12])
+        return saved, False
+
+
+def preflight(remote: Remote, options: MountOptions) -> None:
+    """What a background mount checks before it starts its child (key, project, listing).
+
+    Raises:
+        the errors of initial_tree, UsageError for the mount point.
+    """
+    check_mountpoint(options.mountpoint)
+    initial_tree(remote, options)
+
+
+# -- systemd and the kernel --------------------------------------------------------------
+
+
+def sd_notify(message: str) -> None:
+    """Send one datagram to $NOTIFY_SOCKET (systemd Type=notify); quiet when unset."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode("utf-8"))
+    except OSError as exc:
+        log.warning("sd_notify %s failed: %s", message, exc.strerror)
+
+
+def raise_read_ahead(mountpoint: Path, kb: int = READ_AHEAD_KB) -> None:
+    """Let the kernel send reads of up to `kb` KiB to the mount; quiet when not permitted."""
+    try:
+        dev = os.stat(mountpoint).st_dev
+        path = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+        if int(path.read_text().strip()) < kb:
+            path.write_text(str(kb))
+    except (OSError, ValueError) as exc:
+        log.debug("cannot raise read_ahead_kb: %s", exc)
+
+
+# -- running -----------------------------------------------------------------------------
+
+
+def run(remote: Remote, options: MountOptions) -> None:
+    """Mount in this process and serve until unmounted (SIGINT/SIGTERM unmount cleanly).
+
+    Raises:
+        DominoError: before mounting (bad key, unknown project, bad mount point, offline with
+        nothing saved); RuntimeError from libfuse when the mount itself fails.
+    """
+    from . import fs  # loads libfuse: only when really mounting
+
+    mountpoint = Path(os.path.abspath(options.mountpoint))
+    state_dir = ensure_private_dir(options.state_dir)
+    check_mountpoint(mountpoint)
+    tree, reachable = initial_tree(remote, options)
+    cache = BlobCache(
+        options.cache_dir,
+        size_limit=options.cache_size,
+        fetch=lambda key, offset: remote.iter_blob(key, offset=offset, chunk_size=BLOB_CHUNK),
+        wait_timeout=options.wait_timeout,
+    )
+    vfs = VFS(
+        remote,
+        cache,
+        tree,
+        runs=RunsDir(remote),
+        listing_path=options.listing_path,
+        read_only=options.read_only,
+        pinned=options.commit is not None,
+        poll_interval=options.poll_interval,
+        reachable=reachable,
+    )
+    if reachable:
+        vfs._persist(tree)
+    registry = state_dir / "mount.json"
+    pid_file = state_dir / "mount.pid"
+    stopping = threading.Event()
+    destroyed_flag = threading.Event()
+
+    def ready() -> None:
+        deadline = time.monotonic() + 30
+        while not stopping.is_set() and time.monotonic() < deadline:
+            if os.path.ismount(mountpoint):
+                raise_read_ahead(mountpoint)
+                sd_notify("READY=1")
+                log.info("mounted %s at %s (commit %s)", remote.project, mountpoint, tree.commit_id)
+                return
+            time.sleep(0.02)
+
+    def destroyed() -> None:
+        destroyed_flag.set()
+        stopping.set()
+        sd_notify("STOPPING=1")
+
+    pid_file.write_text(f"{os.getpid()}\n")
+    registry.write_text(
+        json.dumps(
+            {
+                "mountpoint": str(mountpoint),
+                "pid": os.getpid(),
+                "project": str(remote.project),
+                "host": remote.host,
+            }
+        )
+    )
+    watcher = threading.Thread(target=ready, name="ready", daemon=True)
+    watcher.start()
+    vfs.start()
+    try:
+        fs.mount(vfs, str(mountpoint), on_destroy=destroyed, debug=options.debug)
+    except RuntimeError as exc:
+        if not destroyed_flag.is_set():
+            raise DominoError(f"libfuse could not mount {mountpoint} (error {exc})") from None
+        # libfuse reports the signal that ended the loop (SIGTERM, SIGINT) as an error: a clean
+        # unmount is not one.
+        log.info("stopped by a signal (libfuse status %s)", exc)
+    finally:
+        stopping.set()
+        vfs.close()
+        cache.close()
+        with contextlib.suppress(OSError):
+            pid_file.unlink()
+        with contextlib.suppress(OSError):
+            registry.unlink()
+        log.info("unmounted %s", mountpoint)

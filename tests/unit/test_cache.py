@@ -1,0 +1,230 @@
+"""cache.py with a tiny in-process fetcher: one download per key, streaming, LRU, pins, integrity.
+
+The fetcher here stands in for `Remote.iter_blob` only so these tests can hold a download at a
+chosen byte; tests/unit/test_vfs_read.py and tests/mount/ drive the cache with the real client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dominofs.cache import BlobCache
+from dominofs.errors import IntegrityError, Unreachable
+
+MiB = 1 << 20
+
+
+def blob(n: int, seed: int = 0) -> tuple[str, bytes]:
+    data = (bytes([seed % 251]) + os.urandom(31)) * (n // 32) + b"x" * (n % 32)
+    return hashlib.sha1(data).hexdigest(), data
+
+
+class FakeFetcher:
+    """Serves blobs from memory in 64 KiB chunks; can hold after `hold_after` bytes."""
+
+    def __init__(self, blobs: dict[str, bytes]) -> None:
+        self.blobs = blobs
+        self.calls: list[tuple[str, int]] = []
+        self.hold_after: int | None = None
+        self.release = threading.Event()
+        self.fail: Exception | None = None
+        self.lock = threading.Lock()
+
+    def __call__(self, key: str, offset: int) -> Iterator[bytes]:
+        with self.lock:
+            self.calls.append((key, offset))
+        if self.fail is not None:
+            raise self.fail
+        return self._gen(self.blobs[key], offset)
+
+    def _gen(self, data: bytes, offset: int) -> Iterator[bytes]:
+        pos = offset
+        while pos < len(data):
+            if self.hold_after is not None and offset == 0 and pos >= self.hold_after:
+                assert self.release.wait(20)
+            yield data[pos : pos + 65536]
+            pos += 65536
+
+
+def make(tmp_path: Path, fetch: FakeFetcher, limit: int = 100 * MiB) -> BlobCache:
+    return BlobCache(tmp_path / "cache", size_limit=limit, fetch=fetch, wait_timeout=10)
+
+
+def read_all(cache: BlobCache, key: str, size: int) -> bytes:
+    r = cache.open(key, size)
+    try:
+        out, off = bytearray(), 0
+        while off < size:
+            b = r.read(128 * 1024, off)
+            assert b, "short read"
+            out += b
+            off += len(b)
+        return bytes(out)
+    finally:
+        r.close()
+
+
+def test_concurrent_readers_share_one_download(tmp_path: Path) -> None:
+    key, data = blob(3 * MiB + 17)
+    fetch = FakeFetcher({key: data})
+    fetch.hold_after = MiB
+    cache = make(tmp_path, fetch)
+    results: list[bytes] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(read_all(cache, key, len(data))))
+        for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    fetch.release.set()
+    for t in threads:
+        t.join(30)
+    assert results == [data] * 8
+    assert fetch.calls == [(key, 0)]
+    assert cache.contains(key)
+    assert read_all(cache, key, len(data)) == data
+    assert fetch.calls == [(key, 0)]
+    assert cache.hits >= 1
+    cache.close()
+
+
+def test_reader_is_served_before_the_download_finishes(tmp_path: Path) -> None:
+    key, data = blob(4 * MiB)
+    fetch = FakeFetcher({key: data})
+    fetch.hold_after = 256 * 1024
+    cache = make(tmp_path, fetch)
+    r = cache.open(key, len(data))
+    assert r.read(100, 0) == data[:100]  # returns while the rest is held back
+    assert not cache.contains(key)
+    fetch.release.set()
+    assert r.read(100, len(data) - 100) == data[-100:]
+    r.close()
+    cache.close()
+
+
+def test_far_read_uses_a_range_request(tmp_path: Path) -> None:
+    key, data = blob(40 * MiB)
+    fetch = FakeFetcher({key: data})
+    fetch.hold_after = MiB
+    cache = make(tmp_path, fetch)
+    r = cache.open(key, len(data))
+    far = 30 * MiB + 5
+    assert r.read(4096, far) == data[far : far + 4096]
+    assert any(off > 0 for _, off in fetch.calls)
+    fetch.release.set()
+    assert r.read(10, len(data) - 10) == data[-10:]
+    r.close()
+    assert read_all(cache, key, len(data)) == data
+    cache.close()
+
+
+def test_finished_download_is_moved_not_copied(tmp_path: Path) -> None:
+    key, data = blob(2 * MiB)
+    fetch = FakeFetcher({key: data})
+    fetch.hold_after = MiB
+    cache = make(tmp_path, fetch)
+    r = cache.open(key, len(data))
+    partial = os.fstat(r._fd).st_ino
+    fetch.release.set()
+    assert r.read(10, len(data) - 10) == data[-10:]
+    r.close()
+    r2 = cache.open(key, len(data))
+    assert os.fstat(r2._fd).st_ino == partial
+    r2.close()
+    cache.close()
+
+
+def test_hash_mismatch_is_not_cached_and_the_next_read_retries(tmp_path: Path) -> None:
+    key, data = blob(MiB)
+    fetch = FakeFetcher({key: b"y" + data[1:]})
+    cache = make(tmp_path, fetch)
+    with pytest.raises(IntegrityError):
+        read_all(cache, key, len(data))
+    assert not cache.contains(key)
+    assert cache.integrity_failures == 1
+    fetch.blobs[key] = data
+    assert read_all(cache, key, len(data)) == data
+    assert cache.contains(key)
+    assert len(fetch.calls) == 2
+    cache.close()
+
+
+def test_short_download_is_not_cached(tmp_path: Path) -> None:
+    key, data = blob(MiB)
+    fetch = FakeFetcher({key: data[:-1000]})
+    cache = make(tmp_path, fetch)
+    r = cache.open(key, len(data))
+    with pytest.raises(IntegrityError):
+        r.read(100, len(data) - 100)
+    assert not cache.contains(key)
+    fetch.blobs[key] = data
+    assert r.read(100, len(data) - 100) == data[-100:]  # the same handle retries
+    r.close()
+    assert cache.contains(key)
+    cache.close()
+
+
+def test_unreachable_fails_then_recovers(tmp_path: Path) -> None:
+    key, data = blob(MiB)
+    fetch = FakeFetcher({key: data})
+    fetch.fail = Unreachable("server away")
+    cache = make(tmp_path, fetch)
+    with pytest.raises(Unreachable):
+        read_all(cache, key, len(data))
+    fetch.fail = None
+    assert read_all(cache, key, len(data)) == data
+    cache.close()
+
+
+def test_least_recently_used_is_evicted(tmp_path: Path) -> None:
+    blobs = dict(blob(MiB, seed) for seed in range(4))
+    keys = list(blobs)
+    fetch = FakeFetcher(blobs)
+    cache = make(tmp_path, fetch, limit=int(3.5 * MiB))
+    for k in keys[:3]:
+        read_all(cache, k, MiB)
+    read_all(cache, keys[0], MiB)  # keys[0] is now more recently used than keys[1]
+    read_all(cache, keys[3], MiB)
+    assert cache.contains(keys[0])
+    assert not cache.contains(keys[1])
+    assert cache.contains(keys[2])
+    assert cache.contains(keys[3])
+    assert cache.volume() <= 3.5 * MiB
+    cache.close()
+
+
+def test_blob_open_for_reading_is_never_evicted(tmp_path: Path) -> None:
+    blobs = dict(blob(MiB, seed) for seed in range(4))
+    keys = list(blobs)
+    fetch = FakeFetcher(blobs)
+    cache = make(tmp_path, fetch, limit=int(2.5 * MiB))
+    read_all(cache, keys[0], MiB)
+    pinned = cache.open(keys[0], MiB)
+    for k in keys[1:]:
+        read_all(cache, k, MiB)
+    assert cache.contains(keys[0])
+    assert pinned.read(MiB, 0) == blobs[keys[0]]
+    pinned.close()
+    cache.close()
+
+
+def test_empty_blob_needs_no_download(tmp_path: Path) -> None:
+    fetch = FakeFetcher({})
+    cache = make(tmp_path, fetch)
+    r = cache.open(hashlib.sha1(b"").hexdigest(), 0)
+    assert r.read(10, 0) == b""
+    r.close()
+    assert fetch.calls == []
+    cache.close()
+
+
+def test_cache_dir_is_private(tmp_path: Path) -> None:
+    cache = make(tmp_path, FakeFetcher({}))
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
+    cache.close()
