@@ -21,6 +21,15 @@ ALICE_KEY = "alice-test-key-0123456789"
 BOB_KEY = "bob-test-key-9876543210"
 
 
+def write_users_file(path: Path, users: dict[str, str]) -> Path:
+    """Write NAME:KEY lines to path with mode 0600 from the first byte; keys never go in argv."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.writelines(f"{name}:{key}\n" for name, key in users.items())
+    return path
+
+
 @dataclass
 class LocalServer:
     """A running `dominofs serve`: where it listens, its data dir, and how to restart it."""
@@ -34,13 +43,16 @@ class LocalServer:
     _drainer: threading.Thread | None = None
 
     def start(self, *, port: int | None = None) -> None:
+        users_file = write_users_file(
+            self.data_dir.parent / f"{self.data_dir.name}.users",
+            {"alice": ALICE_KEY, "bob": BOB_KEY},
+        )
         cmd = [
             sys.executable, "-m", "dominofs.server",
             "--data", str(self.data_dir),
             "--bind", "127.0.0.1",
             "--port", str(port if port is not None else self.port),
-            "--user", f"alice:{ALICE_KEY}",
-            "--user", f"bob:{BOB_KEY}",
+            "--users-file", str(users_file),
             "--project", "alice/demo",
             *self.extra_args,
         ]  # fmt: skip

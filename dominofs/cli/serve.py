@@ -30,7 +30,17 @@ from ..errors import UsageError
     "users",
     multiple=True,
     metavar="NAME:KEY",
-    help="A user and their API key (repeatable). Prefer a 0600 file for real keys.",
+    help="A user and their API key (repeatable). Argv is visible to every local user: "
+    "only for throwaway test keys.",
+)
+@click.option(
+    "--users-file",
+    "users_files",
+    multiple=True,
+    metavar="PATH",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A file of NAME:KEY lines, mode 0600 (repeatable). Users are also read from "
+    "DOMINOFS_SERVE_USERS (NAME:KEY,NAME:KEY) when set.",
 )
 @click.option(
     "--project",
@@ -53,6 +63,7 @@ def serve(
     bind: str,
     port: int,
     users: tuple[str, ...],
+    users_files: tuple[Path, ...],
     projects: tuple[str, ...],
     no_delete: bool,
     run_time_limit: float,
@@ -60,23 +71,25 @@ def serve(
 ) -> None:
     """Run the local Domino v1 server on loopback (development and tests)."""
     from .. import server  # the server is only loaded by the commands that start it
+    from ..server.users import collect_users, parse_user
 
-    pairs: list[tuple[str, str]] = []
-    for item in users:
-        name, sep, key = item.partition(":")
-        if not sep or not name or not key:
-            raise UsageError(f"--user {name!r}: write NAME:KEY")
-        pairs.append((name, key))
-    server.serve(
-        data_dir=data_dir,
-        bind=bind,
-        port=port,
-        users=pairs,
-        projects=list(projects),
-        no_delete=no_delete,
-        run_time_limit=run_time_limit,
-        faults=faults,
-    )
+    try:
+        pairs = collect_users(
+            cli_users=[parse_user(item, where="--user") for item in users],
+            users_files=users_files,
+        )
+        server.serve(
+            data_dir=data_dir,
+            bind=bind,
+            port=port,
+            users=pairs,
+            projects=list(projects),
+            no_delete=no_delete,
+            run_time_limit=run_time_limit,
+            faults=faults,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 COMMANDS = [serve]

@@ -7,13 +7,14 @@ import logging
 import sys
 
 from .main import serve
+from .users import USERS_ENV, collect_users, parse_user
 
 
 def _user(value: str) -> tuple[str, str]:
-    name, sep, key = value.partition(":")
-    if not sep or not name or not key:
-        raise argparse.ArgumentTypeError("expected NAME:KEY")
-    return name, key
+    try:
+        return parse_user(value, where="--user")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -21,7 +22,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, help="directory holding all server state")
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=0, help="port (0 picks a free one)")
-    parser.add_argument("--user", type=_user, action="append", default=[], metavar="NAME:KEY")
+    parser.add_argument(
+        "--user",
+        type=_user,
+        action="append",
+        default=[],
+        metavar="NAME:KEY",
+        help="a user and key (repeatable); argv is public, so only for throwaway test keys",
+    )
+    parser.add_argument(
+        "--users-file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help=f"NAME:KEY lines, mode 0600 (repeatable); also read from ${USERS_ENV}",
+    )
     parser.add_argument("--project", action="append", default=[], metavar="OWNER/NAME")
     parser.add_argument("--no-delete", action="store_true", help="refuse DELETE of files")
     parser.add_argument("--run-time-limit", type=float, default=3600.0, metavar="SECONDS")
@@ -33,11 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
+        users = collect_users(cli_users=args.user, users_files=args.users_file)
         serve(
             data_dir=args.data,
             bind=args.bind,
             port=args.port,
-            users=args.user,
+            users=users,
             projects=args.project,
             no_delete=args.no_delete,
             run_time_limit=args.run_time_limit,

@@ -19,10 +19,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.conftest import write_users_file
+
 ALICE = "alice-key"
 BOB = "bob-key"
 LISTENING = "dominofs serve: listening on "
-BASE_ARGS = ["--user", f"alice:{ALICE}", "--user", f"bob:{BOB}", "--project", "alice/demo"]
+BASE_ARGS = ["--project", "alice/demo"]
 
 
 @dataclass
@@ -37,9 +39,12 @@ class Srv:
     _drainer: threading.Thread | None = None
 
     def start(self) -> None:
+        users_file = write_users_file(
+            self.data.parent / f"{self.data.name}.users", {"alice": ALICE, "bob": BOB}
+        )
         cmd = [sys.executable, "-m", "dominofs.server", "--data", str(self.data), "--port", "0"]
         self.proc = subprocess.Popen(
-            [*cmd, *BASE_ARGS, *self.args],
+            [*cmd, "--users-file", str(users_file), *BASE_ARGS, *self.args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -1,0 +1,993 @@
+#!/usr/bin/env python3
+"""One benchmark command for dominofs: the server, the mount and the sync service (issue 7).
+
+Run: `.venv/bin/python scripts/bench.py [--json] [--quick] [--only server|mount|sync]`.
+
+Every figure is a ratio to a baseline measured in the same run against the same local server on
+loopback (127.0.0.1). The bench starts its own server as a subprocess in a temp dir (users come
+from a 0600 users file, never argv; curl reads the key header from a 0600 file too), builds the
+projects it needs, and removes everything on exit, Ctrl-C, SIGTERM, an error or its time limit:
+servers stopped, mounts unmounted (`dominofs umount`, then `fusermount3 -u`, then `-uz`), temp
+dirs removed. A figure that cannot be measured (no /dev/fuse, the mount or sync command missing
+or failing) is reported as "skipped: reason"; the command still exits 0. Exit 1 only when the
+server itself cannot be started, 130 when interrupted.
+
+Not part of the test suite: these are figures, not timed assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MiB = 1 << 20
+GiB = 1 << 30
+GB = 1e9
+OWNER = "bench"
+LISTENING = "dominofs serve: listening on "
+PARTS = ("server", "mount", "sync")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What one run measures with; --quick shrinks everything."""
+
+    big: int
+    blobs: int
+    blob_size: int
+    listing_files: int
+    find_files: int
+    rss_files: int
+    sync_files: int
+    repeat: int
+    time_limit: float
+
+
+FULL = Sizes(GiB, 64, 4 * MiB, 50_000, 10_000, 100_000, 1_000, 3, 900.0)
+QUICK = Sizes(256 * MiB, 64, MiB, 10_000, 10_000, 10_000, 1_000, 2, 170.0)
+
+
+@dataclass
+class Figure:
+    """One row of the table. ratio = value / baseline (both in the same unit)."""
+
+    part: str
+    name: str
+    value: float | None = None
+    unit: str = ""
+    baseline: float | None = None
+    baseline_what: str = ""
+    ratio: float | None = None
+    target: str = ""
+    ok: bool | None = None
+    note: str = ""
+    skipped: str | None = None
+
+    def finish(self, ok: bool | None = None) -> Figure:
+        if self.value is not None and self.baseline:
+            self.ratio = self.value / self.baseline
+        self.ok = ok
+        return self
+
+
+class BenchTimeout(Exception):
+    """The whole run exceeded its time limit."""
+
+
+class Skip(Exception):
+    """This figure (or part) cannot be measured here; the message says why."""
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def private_file(path: Path, text: str) -> Path:
+    """Write text to path with mode 0600 from the first byte."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of a process in KiB (0 when it has gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class RssSampler:
+    """Samples a process's VmRSS every `interval` seconds on a thread it owns."""
+
+    def __init__(self, pid: int, interval: float = 0.01) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_kib(self.pid))
+            self.samples += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run_quiet(cmd: list[str], *, timeout: float, env: dict[str, str] | None = None) -> float:
+    """Run cmd with output discarded; returns wall seconds. Raises on a non-zero exit."""
+    start = time.perf_counter()
+    subprocess.run(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=timeout,
+        env=env,
+    )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def sha1_of_stream(chunks: Iterator[bytes]) -> str:
+    h = hashlib.sha1()
+    for c in chunks:
+        h.update(c)
+    return h.hexdigest()
+
+
+def big_chunks(size: int, seed: int) -> Iterator[bytes]:
+    """`size` bytes of pseudo-random content, distinct per seed, 1 MiB at a time."""
+    base = hashlib.sha256(f"seed{seed}".encode()).digest() * (MiB // 32)
+    sent = 0
+    n = 0
+    while sent < size:
+        chunk = n.to_bytes(8, "little") + base[8:]
+        chunk = chunk[: min(MiB, size - sent)]
+        sent += len(chunk)
+        n += 1
+        yield chunk
+
+
+def mounted(path: Path) -> bool:
+    """True when path is a mount point in /proc/self/mountinfo (works for dead FUSE mounts)."""
+    target = str(path)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[4].replace("\\040", " ") == target:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) * 1024
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "memory_gib": round(mem / GiB, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A `python -m dominofs.server` subprocess on 127.0.0.1 with one bench user."""
+
+    data: Path
+    users_file: Path
+    log: Path
+    projects: list[str]
+    key: str
+    url: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        out = self.log.with_suffix(".out")
+        cmd = [
+            sys.executable, "-m", "dominofs.server", "--data", str(self.data),
+            "--bind", "127.0.0.1", "--port", "0", "--users-file", str(self.users_file),
+        ]  # fmt: skip
+        for p in self.projects:
+            cmd += ["--project", p]
+        with open(out, "wb") as so, open(self.log, "ab") as se:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=so, stderr=se, start_new_session=True,
+                cwd=ROOT,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = out.read_text(encoding="utf-8", errors="replace")
+            if text.startswith(LISTENING) and text.endswith("\n"):
+                self.url = text[len(LISTENING) :].strip()
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        err = self.log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        self.stop()
+        raise RuntimeError(f"the server did not start: {err[-1] if err else 'no output'}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # runs it started live in its group
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+
+    def stats(self) -> dict[str, int]:
+        r = requests.get(f"{self.url}/_stats", timeout=10)
+        r.raise_for_status()
+        counts: dict[str, int] = r.json()["requests"]
+        return counts
+
+
+def build_file_project(store: Any, name: str, n: int) -> None:
+    """Create OWNER/name offline with n tiny distinct files in one commit (3 folder levels).
+
+    Writes the blob files straight into the store's layout (BlobStore.path) from a few threads
+    and without fsync: these are throwaway bench data, and 100,000 fsynced creates one by one
+    would dominate the run.
+    """
+    from dominofs.server.store import FileEntry, blob_hasher, now_ms
+
+    project = store.add_project(f"{OWNER}/{name}")
+    when = now_ms()
+    changes: dict[str, FileEntry | None] = {}
+    blobs: list[tuple[str, bytes]] = []
+    for i in range(n):
+        data = f"file {i} of {name}\n".encode()
+        h = blob_hasher()
+        h.update(data)
+        key = h.hexdigest()
+        blobs.append((str(store.blobs.path(key)), data))
+        changes[f"d{i // 1000:03d}/s{(i // 100) % 10}/f{i:06d}.txt"] = FileEntry(
+            key, len(data), when
+        )
+    for parent in {os.path.dirname(p) for p, _ in blobs}:
+        os.makedirs(parent, exist_ok=True)
+
+    def write(batch: list[tuple[str, bytes]]) -> None:
+        for path, data in batch:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(write, [blobs[k::4] for k in range(4)]))
+    project.write_commit(changes, f"bench: {n} files")
+
+
+def local_tree(root: Path, n: int, name: str) -> None:
+    """The same tree as build_file_project, as plain local files (the walk baseline)."""
+    made: set[Path] = set()
+    for i in range(n):
+        path = root / f"d{i // 1000:03d}/s{(i // 100) % 10}/f{i:06d}.txt"
+        if path.parent not in made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made.add(path.parent)
+        path.write_bytes(f"file {i} of {name}\n".encode())
+
+
+def walk_stat(root: Path) -> int:
+    """os.walk + os.stat of every file (what `find -exec stat` does); returns the file count."""
+    count = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            os.stat(os.path.join(dirpath, f))
+            count += 1
+    return count
+
+
+# -- the bench -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    sizes: Sizes
+    parts: tuple[str, ...]
+    tmp: Path
+    verbose: bool = True
+    key: str = field(default_factory=lambda: secrets.token_hex(20))
+    figures: list[Figure] = field(default_factory=list)
+    server: Server | None = None
+    mounts: list[Path] = field(default_factory=list)
+    session: requests.Session = field(default_factory=requests.Session)
+    big: dict[str, tuple[str, int]] = field(default_factory=dict)  # name -> (key, size)
+    header_file: Path | None = None
+
+    def say(self, msg: str) -> None:
+        if self.verbose:
+            print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+    def add(self, fig: Figure) -> None:
+        self.figures.append(fig)
+        if fig.skipped:
+            self.say(f"{fig.part}: {fig.name}: skipped: {fig.skipped}")
+        else:
+            self.say(f"{fig.part}: {fig.name}: {fmt(fig.value, fig.unit)} (ratio {fmt(fig.ratio)})")
+
+    def skip(self, part: str, name: str, reason: str, target: str = "") -> None:
+        self.add(Figure(part, name, target=target, skipped=reason))
+
+    # ---- setup
+
+    def file_projects(self) -> dict[str, int]:
+        s = self.sizes
+        wanted: dict[str, int] = {}
+        if "server" in self.parts:
+            wanted[f"files{s.listing_files}"] = s.listing_files
+        if "mount" in self.parts:
+            wanted[f"files{s.find_files}"] = s.find_files
+            wanted[f"files{s.rss_files}"] = s.rss_files
+        return wanted
+
+    def start_server(self) -> None:
+        from dominofs.server.store import Store
+
+        data = self.tmp / "server-data"
+        users = private_file(self.tmp / "users", f"{OWNER}:{self.key}\n")
+        self.header_file = private_file(
+            self.tmp / "curl-headers", f"X-Domino-Api-Key: {self.key}\n"
+        )
+        self.session.headers["X-Domino-Api-Key"] = self.key
+        t0 = time.perf_counter()
+        store = Store.open(data)
+        store.add_user(OWNER, self.key)
+        for name, n in self.file_projects().items():
+            build_file_project(store, name, n)
+        self.say(f"built file projects {self.file_projects()} in {time.perf_counter() - t0:.1f}s")
+        projects = [f"{OWNER}/{p}" for p in ("big", "blobs", "sync", "put")]
+        self.server = Server(data, users, self.tmp / "server.log", projects, self.key)
+        self.server.start()
+        self.say(f"server {self.server.url} pid {self.server.pid}")
+
+    def project_url(self, project: str) -> str:
+        assert self.server is not None
+        return f"{self.server.url}/v1/projects/{OWNER}/{project}"
+
+    def blob_url(self, project: str, key: str) -> str:
+        return f"{self.project_url(project)}/blobs/{key}"
+
+    def upload(self, project: str, path: str, body: bytes | Iterator[bytes]) -> tuple[str, int]:
+        r = self.session.put(f"{self.project_url(project)}/{path}", data=body, timeout=600)
+        r.raise_for_status()
+        info = r.json()
+        return str(info["key"]), int(info["size"])
+
+    def big_file(self, name: str, seed: int) -> tuple[str, int]:
+        """A big file in bench/big (uploaded, unmeasured, unless already there)."""
+        if name not in self.big:
+            self.big[name] = self.upload("big", name, big_chunks(self.sizes.big, seed))
+        return self.big[name]
+
+    def head(self, project: str) -> str:
+        r = self.session.get(f"{self.project_url(project)}/commits", timeout=30)
+        r.raise_for_status()
+        return str(r.json()[0])
+
+    def curl(self, url: str) -> tuple[float, float, int]:
+        """(time to first byte, total time, bytes) of `curl -s -o /dev/null` on url."""
+        out = subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-H", f"@{self.header_file}",
+             "-w", "%{http_code} %{size_download} %{time_starttransfer} %{time_total}", url],
+            capture_output=True, text=True, timeout=300, check=True,
+        ).stdout.split()  # fmt: skip
+        if out[0] != "200":
+            raise RuntimeError(f"curl {url}: HTTP {out[0]}")
+        return float(out[2]), float(out[3]), int(out[1])
+
+    # ---- server figures (issue 2)
+
+    def bench_server(self) -> None:
+        assert self.server is not None
+        s = self.sizes
+        gib = f"{s.big / GiB:g} GiB"
+
+        # (d) first, so the big upload also provides the blob for (a).
+        time.sleep(0.5)
+        idle = rss_kib(self.server.pid)
+        with RssSampler(self.server.pid) as sampler:
+            t = time.perf_counter()
+            key, size = self.upload("big", "big1.bin", big_chunks(s.big, 1))
+            up = time.perf_counter() - t
+        self.big["big1.bin"] = (key, size)
+        peak = max(sampler.peak, idle)
+        fig = Figure(
+            "server", f"RSS peak during {gib} streamed PUT", peak / 1024, "MB",
+            idle / 1024, "idle server RSS",
+            target="peak - idle ≤ 64 MB",
+            note=f"+{(peak - idle) / 1024:.1f} MB; {sampler.samples} samples; upload "
+            f"{size / up / GB:.2f} GB/s (sha1 + fsync)",
+        )  # fmt: skip
+        self.add(fig.finish((peak - idle) / 1024 <= 64))
+
+        # (a) a big blob by curl vs reading the blob file from disk (both page-cache warm).
+        assert self.server is not None
+        blob_path = self.server.data / "blobs" / key[:2] / key[2:]
+        cat = min(run_quiet(["cat", str(blob_path)], timeout=300) for _ in range(s.repeat))
+        url = self.blob_url("big", key)
+        totals = []
+        for _ in range(s.repeat):
+            _ttfb, total, got = self.curl(url)
+            if got != size:
+                raise RuntimeError(f"curl got {got} bytes of {size}")
+            totals.append(total)
+        curl_s = min(totals)
+        fig = Figure(
+            "server", f"{gib} blob GET by curl", size / curl_s / GB, "GB/s",
+            size / cat / GB, "cat of the blob file",
+            target="≥ 1 GB/s",
+            note=f"best of {s.repeat}: curl {curl_s:.3f}s, cat {cat:.3f}s",
+        )  # fmt: skip
+        self.add(fig.finish(size / curl_s / GB >= 1.0))
+
+        # (b) 64 concurrent downloads of 64 different blobs vs the same fetched sequentially.
+        self.bench_concurrent()
+
+        # (c) the listing of a many-file commit.
+        self.bench_listing()
+
+    def bench_concurrent(self) -> None:
+        s = self.sizes
+        n = s.blobs
+        names = [f"b{i:03d}.bin" for i in range(n)]
+
+        def up(i: int) -> tuple[str, int]:
+            return self.upload("blobs", names[i], b"".join(big_chunks(s.blob_size, 1000 + i)))
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            keys = list(pool.map(up, range(n)))
+        urls = [self.blob_url("blobs", k) for k, _ in keys]
+        expected = sum(size for _, size in keys)
+        headers = {"X-Domino-Api-Key": self.key}
+
+        def fetch(session: requests.Session, url: str) -> int:
+            got = 0
+            with session.get(url, headers=headers, stream=True, timeout=120) as r:
+                r.raise_for_status()
+                for chunk in r.iter_content(MiB):
+                    got += len(chunk)
+            return got
+
+        def sequential() -> int:
+            with requests.Session() as one:
+                return sum(fetch(one, u) for u in urls)
+
+        barrier = threading.Barrier(n + 1)
+
+        def one_of_many(url: str) -> int:
+            with requests.Session() as own:
+                barrier.wait(30)
+                return fetch(own, url)
+
+        seq_times, conc_times = [], []
+        complete = 0
+        for _ in range(s.repeat):
+            t = time.perf_counter()
+            assert sequential() == expected
+            seq_times.append(time.perf_counter() - t)
+            with concurrent.futures.ThreadPoolExecutor(n) as pool:
+                futures = [pool.submit(one_of_many, u) for u in urls]
+                barrier.wait(30)
+                t = time.perf_counter()
+                done = [f.result(timeout=300) for f in futures]
+                conc_times.append(time.perf_counter() - t)
+            barrier.reset()
+            complete = sum(1 for d, (_, size) in zip(done, keys, strict=True) if d == size)
+        conc, seq = min(conc_times), min(seq_times)
+        fig = Figure(
+            "server", f"{n} concurrent GETs of {n} x {s.blob_size // MiB} MiB blobs", conc, "s",
+            seq, "same bytes, one client, sequential",
+            target=f"all {n} complete",
+            note=f"{complete}/{n} complete; {expected / conc / GB:.2f} GB/s vs "
+            f"{expected / seq / GB:.2f} GB/s; requests + threads; best of {s.repeat}",
+        )  # fmt: skip
+        self.add(fig.finish(complete == n))
+
+    def bench_listing(self) -> None:
+        n = self.sizes.listing_files
+        project = f"files{n}"
+        head = self.head(project)
+        url = f"{self.project_url(project)}/files/{head}/"
+
+        def get() -> bytes:
+            r = self.session.get(url, timeout=60)
+            r.raise_for_status()
+            return r.content
+
+        t = time.perf_counter()
+        body = get()
+        cold = time.perf_counter() - t
+        warm = min(timed(get) for _ in range(self.sizes.repeat))
+        entries = len(json.loads(body)["data"])
+        version = min(
+            timed(lambda: self.session.get(f"{self.server.url}/version", timeout=10))  # type: ignore[union-attr]
+            for _ in range(5)
+        )
+        fig = Figure(
+            "server", f"GET files of a {n:,}-file commit (first after start)", cold, "s",
+            version, "GET /version round trip",
+            target="< 1 s",
+            note=f"{entries:,} entries, {len(body) / MiB:.1f} MiB JSON; warm {warm:.3f}s",
+        )  # fmt: skip
+        self.add(fig.finish(cold < 1.0 and entries == n + 2))
+
+    # ---- mount figures (issue 3)
+
+    def mount_env(self) -> dict[str, str]:
+        assert self.server is not None
+        env = dict(os.environ)
+        env.update(
+            DOMINO_API_HOST=self.server.url,
+            DOMINO_USER_API_KEY=self.key,
+            DOMINOFS_STATE_DIR=str(self.tmp / "state"),
+            DOMINOFS_CACHE_DIR=str(self.tmp / "cache"),
+            XDG_CONFIG_HOME=str(self.tmp / "config"),
+        )
+        return env
+
+    def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """`python -m dominofs ARGS` with the bench's host and key in the environment."""
+        log = self.tmp / "cli.log"
+        with open(log, "a+", encoding="utf-8") as f:
+            start = f.seek(0, os.SEEK_END)
+            proc = subprocess.run(
+                [sys.executable, "-m", "dominofs", *args], stdin=subprocess.DEVNULL,
+                stdout=f, stderr=f, env=self.mount_env(), timeout=timeout, cwd=ROOT,
+                text=True,
+            )  # fmt: skip
+            f.seek(start)
+            proc.stdout = f.read()
+        return proc
+
+    def mount_skip_reason(self) -> str | None:
+        if not Path("/dev/fuse").exists():
+            return "no /dev/fuse"
+        if shutil.which("fusermount3") is None:
+            return "no fusermount3"
+        try:
+            import dominofs.mount  # noqa: F401
+        except ImportError as exc:
+            return f"dominofs.mount not importable ({exc})"
+        if self.cli("mount", "--help", timeout=60).returncode != 0:
+            return "`python -m dominofs mount --help` fails"
+        return None
+
+    def mount(self, project: str) -> tuple[Path, int]:
+        """Mount OWNER/project on a fresh mount point; returns it and the mount's pid."""
+        mp = self.tmp / f"mnt{len(list(self.tmp.glob('mnt*')))}-{project}"
+        mp.mkdir()
+        self.mounts.append(mp)
+        proc = self.cli(
+            "mount", f"{OWNER}/{project}", str(mp), "--cache-dir", str(self.tmp / "cache"),
+            "--poll-interval", "0",
+        )  # fmt: skip
+        if proc.returncode != 0:
+            last = proc.stdout.strip().splitlines()
+            raise Skip(f"mount failed: {last[-1] if last else proc.returncode}")
+        return mp, self.mount_pid(mp)
+
+    def mount_pid(self, mp: Path) -> int:
+        state = self.tmp / "state" / "mounts"
+        for info in state.glob("*/mount.json"):
+            with contextlib.suppress(OSError, ValueError):
+                data = json.loads(info.read_text(encoding="utf-8"))
+                if data.get("mountpoint") == str(mp) and isinstance(data.get("pid"), int):
+                    return int(data["pid"])
+        for pid_dir in Path("/proc").iterdir():  # fall back: the process naming the mount point
+            if pid_dir.name.isdigit():
+                with contextlib.suppress(OSError):
+                    cmd = (pid_dir / "cmdline").read_bytes().split(b"\0")
+                    if b"mount" in cmd and str(mp).encode() in cmd:
+                        return int(pid_dir.name)
+        raise Skip(f"cannot find the pid of the mount on {mp}")
+
+    def unmount(self, mp: Path) -> None:
+        """dominofs umount, then fusermount3 -u, then -uz; the mount's process is waited for."""
+        pid = None
+        with contextlib.suppress(Skip):
+            pid = self.mount_pid(mp) if mounted(mp) else None
+        if mounted(mp):
+            with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                self.cli("umount", str(mp), timeout=60)
+        for flags in ("-u", "-uz"):
+            if mounted(mp):
+                with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                    subprocess.run(["fusermount3", flags, str(mp)], capture_output=True, timeout=30)
+        if pid is not None:  # started by this bench (through `dominofs mount`): ours to end
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+                    time.sleep(0.05)
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        if mp in self.mounts and not mounted(mp):
+            self.mounts.remove(mp)
+
+    def bench_mount(self) -> None:
+        s = self.sizes
+        gib = f"{s.big / GiB:g} GiB"
+        names = [
+            f"cold sequential read of a {gib} file",
+            "warm re-read of that file",
+            f"first byte of a cold {gib} file (head -c 100)",
+            f"walk + stat of a {s.find_files:,}-file project",
+            f"mount RSS with a {s.rss_files:,}-file project",
+        ]
+        targets = ["≤ 2 x curl", "≤ 0.5 x curl", "< 50 ms", "≤ 1 s, 1 GET files", "≤ 200 MB"]
+        reason = self.mount_skip_reason()
+        if reason is not None:
+            for name, target in zip(names, targets, strict=True):
+                self.skip("mount", name, reason, target)
+            return
+        key1, size1 = self.big_file("big1.bin", 1)
+        key2, size2 = self.big_file("big2.bin", 2)
+        done: set[str] = set()
+        try:
+            mp, pid = self.mount("big")
+            baseline_rss = rss_kib(pid)
+
+            # cold and warm reads vs curl of the same blob
+            curl_s = min(self.curl(self.blob_url("big", key1))[1] for _ in range(s.repeat))
+            cold = run_quiet(["cat", str(mp / "big1.bin")], timeout=600)
+            fig = Figure(
+                "mount", names[0], cold, "s", curl_s, "curl of the same blob", target=targets[0],
+                note=f"{size1 / cold / GB:.2f} GB/s; curl {size1 / curl_s / GB:.2f} GB/s",
+            )  # fmt: skip
+            self.add(fig.finish(cold <= 2 * curl_s))
+            done.add(names[0])
+            warm = min(
+                run_quiet(["cat", str(mp / "big1.bin")], timeout=600) for _ in range(s.repeat)
+            )
+            fig = Figure(
+                "mount", names[1], warm, "s", curl_s, "curl of the same blob", target=targets[1],
+                note=f"{size1 / warm / GB:.2f} GB/s; best of {s.repeat}",
+            )  # fmt: skip
+            self.add(fig.finish(warm <= 0.5 * curl_s))
+            done.add(names[1])
+
+            self.bench_walk(names[3], targets[3])
+            done.add(names[3])
+            self.bench_mount_rss(names[4], targets[4], baseline_rss)
+            done.add(names[4])
+
+            # first byte last: the mount goes on downloading the rest in the background
+            first = run_quiet(["head", "-c", "100", str(mp / "big2.bin")], timeout=120)
+            ttfb, _total, _got = self.curl(self.blob_url("big", key2))
+            fig = Figure(
+                "mount", names[2], first * 1000, "ms", ttfb * 1000,
+                "curl time to first byte, same blob", target=targets[2],
+                note="wall time of the head process (spawn included)",
+            )  # fmt: skip
+            self.add(fig.finish(first < 0.050))
+            done.add(names[2])
+            del size2
+        except (Skip, subprocess.SubprocessError, OSError, RuntimeError, ValueError) as exc:
+            for name, target in zip(names, targets, strict=True):
+                if name not in done:
+                    self.skip("mount", name, f"{type(exc).__name__}: {exc}", target)
+        finally:
+            for m in list(self.mounts):
+                self.unmount(m)
+
+    def bench_walk(self, name: str, target: str) -> None:
+        assert self.server is not None
+        n = self.sizes.find_files
+        local = self.tmp / f"local{n}"
+        local_tree(local, n, f"files{n}")
+        before = self.server.stats().get("GET files", 0)
+        t = time.perf_counter()
+        mp, _pid = self.mount(f"files{n}")
+        mount_s = time.perf_counter() - t
+        at_mount = self.server.stats().get("GET files", 0) - before
+        t = time.perf_counter()
+        seen = walk_stat(mp)
+        walk = time.perf_counter() - t
+        lists = self.server.stats().get("GET files", 0) - before
+        base = min(timed(lambda: walk_stat(local)) for _ in range(self.sizes.repeat))
+        fig = Figure(
+            "mount", name, walk, "s", base, "same walk over a local copy", target=target,
+            note=f"{seen:,} files seen; {lists} GET files in all ({at_mount} while mounting, "
+            f"{lists - at_mount} during the walk); mount took {mount_s:.2f}s",
+        )  # fmt: skip
+        self.add(fig.finish(walk <= 1.0 and lists == 1))
+        self.unmount(mp)
+
+    def bench_mount_rss(self, name: str, target: str, baseline_kib: int) -> None:
+        n = self.sizes.rss_files
+        mp, pid = self.mount(f"files{n}")
+        seen = walk_stat(mp)
+        time.sleep(0.5)
+        rss = rss_kib(pid)
+        fig = Figure(
+            "mount", name, rss / 1024, "MB", baseline_kib / 1024,
+            "RSS of a mount of a 3-file project", target=target,
+            note=f"after walk + stat of all {seen:,} files; pid {pid}",
+        )  # fmt: skip
+        self.add(fig.finish(rss / 1024 <= 200))
+        self.unmount(mp)
+
+    # ---- sync figures (issue 5)
+
+    def bench_sync(self) -> None:
+        assert self.server is not None
+        n = self.sizes.sync_files
+        names = [f"sync --once of {n:,} new small files", "sync --once restart, nothing changed"]
+        targets = ["ratio ≤ 2 (vs put)", "0 PUTs"]
+        try:
+            import dominofs.sync  # noqa: F401
+        except ImportError as exc:
+            for name, target in zip(names, targets, strict=True):
+                self.skip("sync", name, f"dominofs.sync not importable ({exc})", target)
+            return
+        if self.cli("sync", "--help", timeout=60).returncode != 0:
+            for name, target in zip(names, targets, strict=True):
+                self.skip("sync", name, "`python -m dominofs sync --help` fails", target)
+            return
+        src_sync, src_put = self.tmp / "sync-dir", self.tmp / "put-dir"
+        for root in (src_sync, src_put):
+            for i in range(n):
+                p = root / f"dir{i // 100:02d}" / f"note{i:04d}.txt"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_text(f"small file {i}\n" * 4)
+        done = 0
+        try:
+            before = self.server.stats().get("PUT upload", 0)
+            t = time.perf_counter()
+            proc = self.cli("put", f"{OWNER}/put", str(src_put), timeout=600)
+            put_s = time.perf_counter() - t
+            if proc.returncode != 0:
+                raise Skip(f"dominofs put failed: {proc.stdout.strip().splitlines()[-1:]}")
+            put_count = self.server.stats().get("PUT upload", 0) - before
+
+            before = self.server.stats().get("PUT upload", 0)
+            t = time.perf_counter()
+            proc = self.cli(
+                "sync", f"{OWNER}/sync", str(src_sync), "--once", "--upload-delay", "0",
+                timeout=600,
+            )  # fmt: skip
+            sync_s = time.perf_counter() - t
+            sync_count = self.server.stats().get("PUT upload", 0) - before
+            if proc.returncode != 0:
+                raise Skip(f"sync --once exited {proc.returncode}: {proc.stdout.strip()[-200:]}")
+            fig = Figure(
+                "sync", names[0], sync_s, "s", put_s, "dominofs put of the folder",
+                target=targets[0],
+                note=f"{sync_count} PUTs by sync, {put_count} by put",
+            )  # fmt: skip
+            self.add(fig.finish(sync_s <= 2 * put_s and sync_count >= n))
+            done = 1
+
+            before = self.server.stats().get("PUT upload", 0)
+            t = time.perf_counter()
+            proc = self.cli(
+                "sync", f"{OWNER}/sync", str(src_sync), "--once", "--upload-delay", "0",
+                timeout=600,
+            )  # fmt: skip
+            again = time.perf_counter() - t
+            puts = self.server.stats().get("PUT upload", 0) - before
+            fig = Figure(
+                "sync", names[1], float(puts), "PUTs", float(sync_count), "PUTs of the first sync",
+                target=targets[1], note=f"took {again:.2f}s; exit {proc.returncode}",
+            )  # fmt: skip
+            self.add(fig.finish(puts == 0 and proc.returncode == 0))
+            done = 2
+        except (Skip, subprocess.SubprocessError, OSError, RuntimeError) as exc:
+            for name, target in list(zip(names, targets, strict=True))[done:]:
+                self.skip("sync", name, f"{type(exc).__name__}: {exc}", target)
+
+    # ---- lifecycle
+
+    def run(self) -> None:
+        self.start_server()
+        for part in PARTS:
+            if part in self.parts:
+                t = time.perf_counter()
+                getattr(self, f"bench_{part}")()
+                self.say(f"{part} part took {time.perf_counter() - t:.1f}s")
+
+    def cleanup(self) -> None:
+        for mp in list(self.mounts):
+            with contextlib.suppress(Exception):
+                self.unmount(mp)
+        if self.server is not None:
+            self.server.stop()
+        self.session.close()
+        leftover = [str(m) for m in self.mounts if mounted(m)]
+        if leftover:  # never rmtree through a live mount
+            print(f"bench: warning: still mounted: {leftover}; left {self.tmp}", file=sys.stderr)
+            return
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# -- output --------------------------------------------------------------------------------------
+
+
+def fmt(x: float | None, unit: str = "") -> str:
+    if x is None:
+        return "-"
+    if abs(x) >= 100:
+        text = f"{x:,.0f}"
+    elif abs(x) >= 10:
+        text = f"{x:.1f}"
+    elif abs(x) >= 0.01 or x == 0:
+        text = f"{x:.3g}" if abs(x) < 1 else f"{x:.2f}"
+    else:
+        text = f"{x:.2e}"
+    return f"{text} {unit}".strip()
+
+
+def table(figures: list[Figure]) -> str:
+    rows = [("part", "figure", "value", "baseline", "ratio", "target", "ok?")]
+    notes: list[str] = []
+    for f in figures:
+        if f.skipped:
+            reason = f.skipped if len(f.skipped) <= 70 else f.skipped[:67] + "..."
+            rows.append((f.part, f.name, f"skipped: {reason}", "", "", f.target, "-"))
+            continue
+        base = f"{fmt(f.baseline, f.unit)} ({f.baseline_what})"
+        ok = "-" if f.ok is None else ("yes" if f.ok else "NO")
+        rows.append((f.part, f.name, fmt(f.value, f.unit), base, fmt(f.ratio), f.target, ok))
+        if f.note:
+            notes.append(f"  {f.name}: {f.note}")
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines + (["", "notes:", *notes] if notes else []))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--quick", action="store_true", help="smaller sizes (< 2 minutes)")
+    p.add_argument("--only", choices=PARTS, action="append", help="run only this part")
+    p.add_argument("--tmp", type=Path, default=None, help="where the temp dir goes")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds for the whole run")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    parts = tuple(args.only) if args.only else PARTS
+    limit = args.time_limit or sizes.time_limit
+    if shutil.which("curl") is None:
+        print("bench: error: curl is not installed (apt-get install curl)", file=sys.stderr)
+        return 1
+    tmp = Path(tempfile.mkdtemp(prefix="dominofs-bench-", dir=args.tmp))
+    os.chmod(tmp, 0o700)
+    bench = Bench(sizes, parts, tmp)
+    started = datetime.now(UTC)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGALRM:
+            raise BenchTimeout(f"time limit of {limit:.0f}s reached")
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGALRM)}
+    # Started in the background by a non-interactive shell, SIGINT arrives ignored; Ctrl-C
+    # must still clean up.
+    old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.alarm(int(limit))
+    code = 0
+    error = None
+    try:
+        bench.run()
+    except KeyboardInterrupt:
+        error, code = "interrupted", 130
+    except BenchTimeout as exc:
+        error = str(exc)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        code = 0 if bench.figures else 1
+    finally:
+        signal.alarm(0)
+        for s in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut cleanup short
+            signal.signal(s, signal.SIG_IGN)
+        try:
+            bench.cleanup()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+    elapsed = (datetime.now(UTC) - started).total_seconds()
+    machine_info = machine()
+    report = {
+        "date": started.isoformat(timespec="seconds"),
+        "machine": machine_info,
+        "mode": "quick" if args.quick else "full",
+        "parts": list(parts),
+        "elapsed_s": round(elapsed, 1),
+        "error": error,
+        "figures": [asdict(f) for f in bench.figures],
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        m = machine_info
+        print(
+            f"dominofs bench ({report['mode']}, {', '.join(parts)}) {report['date']} on "
+            f"{m['nproc']} x {m['cpu']}, {m['memory_gib']} GiB, Linux {m['kernel']}, "
+            f"Python {m['python']}; {elapsed:.0f}s"
+        )
+        print(table(bench.figures))
+        if error:
+            print(f"bench: stopped early: {error}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
