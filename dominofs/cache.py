@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import queue
 import re
 import threading
 import time
@@ -54,6 +55,7 @@ Fetch = Callable[[str, int], Iterator[bytes]]
 
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _MODE_BINARY = 2  # diskcache.core.MODE_BINARY
+_HASH_THREAD_MIN = 8 << 20  # blobs this big are hashed in a thread of their own
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,36 @@ class _Download:
     error: DominoError | None = None
     extents: list[_Extent] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)
+    # Readers waiting for bytes: (absolute end they need, a lock they block on). Each is woken
+    # only once its bytes are here (or on any other change of state), so a chunk arriving does
+    # not wake every FUSE thread waiting further ahead.
+    waiters: list[tuple[int, threading.Lock]] = field(default_factory=list)
+
+    def wait(self, need: int, timeout: float) -> None:
+        """Block until woken or `timeout`. Caller holds self.cond; released while waiting."""
+        lock = threading.Lock()
+        lock.acquire()
+        entry = (need, lock)
+        self.waiters.append(entry)
+        self.cond.release()
+        try:
+            lock.acquire(True, timeout)
+        finally:
+            self.cond.acquire()
+            with contextlib.suppress(ValueError):
+                self.waiters.remove(entry)
+
+    def wake(self, arrived: int | None = None) -> None:
+        """Wake the waiters whose bytes are here (all when `arrived` is None). Hold self.cond."""
+        if not self.waiters:
+            return
+        keep = []
+        for entry in self.waiters:
+            if arrived is None or entry[0] <= arrived:
+                entry[1].release()
+            else:
+                keep.append(entry)
+        self.waiters[:] = keep
 
 
 class BlobReader:
@@ -194,6 +226,25 @@ class BlobCache:
             self._unpin(key)
             raise
 
+    def adopt(self, key: str, path: Path, size: int) -> bool:
+        """Move the finished file `path` (same filesystem) into the cache as blob `key`.
+
+        The caller vouches that the bytes are the blob's (an upload's staged file). Returns
+        False, leaving `path` alone, when the key is already cached or being downloaded.
+        """
+        with self._lock:
+            if self._closed or key in self._inflight:
+                return False
+        if key in self._dc:
+            return False
+        try:
+            self._dc.set(key, _MoveIn(str(path), size))
+        except OSError as exc:
+            log.warning("cannot move %s into the cache: %s", path, exc)
+            return False
+        self._cull()
+        return True
+
     def contains(self, key: str) -> bool:
         """True when the whole blob is in the cache."""
         return key in self._dc
@@ -221,7 +272,7 @@ class BlobCache:
             downloads = list(self._inflight.values())
         for dl in downloads:
             with dl.cond:
-                dl.cond.notify_all()
+                dl.wake()
             for t in list(dl.threads):
                 t.join(timeout=5)
         self._dc.close()
@@ -338,7 +389,8 @@ class BlobCache:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise Unreachable(f"blob {dl.key[:12]}: no bytes arrived in time")
-                dl.cond.wait(min(remaining, 1.0))
+                # The last bytes wait for the verified end: only a state change wakes them.
+                dl.wait(end if end < reader.size else reader.size + 1, min(remaining, 1.0))
         return os.pread(reader._fd, end - offset, offset)
 
     def _retry(self, reader: BlobReader) -> _Download | None:
@@ -366,7 +418,10 @@ class BlobCache:
     # -- downloading ---------------------------------------------------------------------
 
     def _download(self, dl: _Download, fd: int) -> None:
-        digest = hashlib.sha1(usedforsecurity=False) if self._verify_key(dl.key) else None
+        digest: Any = None
+        if self._verify_key(dl.key):
+            # A big blob is hashed in a thread of its own, overlapping the next recv and write.
+            digest = _Hasher() if dl.size >= _HASH_THREAD_MIN else hashlib.sha1(usedforsecurity=False)
         stored = False
         chunks: Iterator[bytes] | None = None
         try:
@@ -384,7 +439,7 @@ class BlobCache:
                     digest.update(chunk)
                 with dl.cond:
                     dl.arrived += n
-                    dl.cond.notify_all()
+                    dl.wake(dl.arrived)
                 self.bytes_downloaded += n
             if dl.arrived != dl.size:
                 raise IntegrityError(
@@ -403,6 +458,8 @@ class BlobCache:
             log.exception("blob %s: download failed unexpectedly", dl.key[:12])
             self._fail(dl, DominoError(f"blob {dl.key[:12]}: download failed: {exc}"))
         finally:
+            if isinstance(digest, _Hasher):
+                digest.close()
             if chunks is not None and hasattr(chunks, "close"):
                 with contextlib.suppress(Exception):
                     chunks.close()
@@ -412,7 +469,7 @@ class BlobCache:
                 self._leave(dl)
                 with dl.cond:
                     dl.done = True
-                    dl.cond.notify_all()
+                    dl.wake()
 
     def _fail(self, dl: _Download, exc: DominoError) -> None:
         if isinstance(exc, IntegrityError):
@@ -424,7 +481,7 @@ class BlobCache:
             os.unlink(dl.path)
         with dl.cond:
             dl.error = exc
-            dl.cond.notify_all()
+            dl.wake()
 
     def _leave(self, dl: _Download) -> None:
         with self._lock:
@@ -462,7 +519,7 @@ class BlobCache:
                 self.bytes_downloaded += len(chunk)
                 with dl.cond:
                     ext.arrived = pos
-                    dl.cond.notify_all()
+                    dl.wake()
                 if pos >= ext.limit:
                     break
         except DominoError as exc:
@@ -481,7 +538,7 @@ class BlobCache:
                 os.close(fd)
             with dl.cond:
                 ext.done = True
-                dl.cond.notify_all()
+                dl.wake()
 
     def _verify_key(self, key: str) -> bool:
         return self._verify and _SHA1.match(key) is not None
@@ -513,6 +570,41 @@ class BlobCache:
                 with contextlib.suppress(OSError):
                     if entry.stat().st_mtime < cutoff:
                         os.unlink(entry.path)
+
+
+class _Hasher:
+    """sha1 of a stream, computed in its own thread (hashlib drops the GIL for big buffers).
+
+    `update` hands the chunk over and returns at once; at most `backlog` chunks wait, so memory
+    stays bounded when hashing is slower than the network.
+    """
+
+    def __init__(self, backlog: int = 16) -> None:
+        self._sha = hashlib.sha1(usedforsecurity=False)
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._room = threading.Semaphore(backlog)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="blob-sha1", daemon=True)
+        self._thread.start()
+
+    def update(self, chunk: bytes) -> None:
+        self._room.acquire()
+        self._queue.put(chunk)
+
+    def hexdigest(self) -> str:
+        self.close()
+        self._thread.join()
+        return self._sha.hexdigest()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self._sha.update(chunk)
+            self._room.release()
 
 
 def _write_all(fd: int, data: bytes) -> None:

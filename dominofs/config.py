@@ -176,7 +176,31 @@ def load_settings(
         cache_dir=Path(cdir) if cdir else default_cache_dir(),
         cache_size=parse_size(size) if isinstance(size, str | int) else DEFAULT_CACHE_SIZE,
         state_dir=Path(state) if state else default_state_dir(),
+        connect_timeout=_seconds(
+            env, "DOMINOFS_CONNECT_TIMEOUT", file_data, "connect_timeout", 5.0
+        ),
+        read_timeout=_seconds(env, "DOMINOFS_READ_TIMEOUT", file_data, "read_timeout", 30.0),
     )
+
+
+def _seconds(
+    env: Mapping[str, str], var: str, file_data: Mapping[str, object], name: str, default: float
+) -> float:
+    """A timeout in seconds from the environment, then the config file (for slow links, tests).
+
+    Raises:
+        UsageError: not a positive number.
+    """
+    raw = env.get(var) or file_data.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise UsageError(f"{var} / {name} = {raw!r} is not a number of seconds in (0, 3600]")
+    return value
 
 
 def write_config(path: Path, *, host: str, api_key: str) -> None:

@@ -209,6 +209,10 @@ class Operations(mfusepy.Operations):  # type: ignore[misc]
         self.vfs.link(target, source)
         return 0
 
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        self.vfs.mknod(path, mode, dev)
+        return 0
+
 
 def mount(
     vfs: VFS,

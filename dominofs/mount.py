@@ -26,10 +26,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import status as status_mod
 from .cache import BlobCache
 from .config import ensure_private_dir
 from .errors import DominoError, NotFound, Unreachable, UsageError
+from .ignore import IGNORE_FILE, IgnoreRules
 from .models import ProjectRef, Remote
+from .outbox import Outbox
 from .runsdir import RunsDir
 from .tree import Tree
 from .vfs import VFS
@@ -178,6 +181,27 @@ def unmount(path: Path, *, state_root: Path | None = None, timeout: float = 30.0
             _wait_pid_gone(int(entry["pid"]), timeout)  # type: ignore[call-overload]
 
 
+def wait_drained(path: Path, timeout: float) -> list[str]:
+    """Wait (up to `timeout` s) for the mount at `path` to have nothing queued; returns what
+    is still pending or failed (empty when drained or when the mount has no status)."""
+    status = Path(path) / ".dominofs" / "status.json"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            data = json.loads(status.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        left = [f"{e.get('op')} {e.get('path')}" for e in data.get("pending") or []]
+        left += [
+            f"{e.get('op')} {e.get('path')} ({e.get('error')})" for e in data.get("failed") or []
+        ]
+        if not left and not data.get("pending_uploads"):
+            return []
+        if time.monotonic() >= deadline:
+            return left or [f"{data.get('pending_uploads')} uploads"]
+        time.sleep(0.1)
+
+
 def _wait_pid_gone(pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -225,6 +249,23 @@ def preflight(remote: Remote, options: MountOptions) -> None:
     """
     check_mountpoint(options.mountpoint)
     initial_tree(remote, options)
+
+
+def _ignore_rules(cache: BlobCache, tree: Tree) -> IgnoreRules:
+    """The project's `.dominoignore` (read through the cache) plus the built-in rules."""
+    f = tree.file(IGNORE_FILE)
+    if f is None or f.size > 1 << 20:
+        return IgnoreRules()
+    try:
+        reader = cache.open(f.key, f.size)
+        try:
+            data = reader.read(f.size, 0)
+        finally:
+            reader.close()
+    except DominoError as exc:
+        log.warning("cannot read %s (%s); using only the built-in rules", IGNORE_FILE, exc)
+        return IgnoreRules()
+    return IgnoreRules(data.decode("utf-8", "replace").splitlines())
 
 
 # -- systemd and the kernel --------------------------------------------------------------
@@ -278,6 +319,9 @@ def run(remote: Remote, options: MountOptions) -> None:
         fetch=lambda key, offset: remote.iter_blob(key, offset=offset, chunk_size=BLOB_CHUNK),
         wait_timeout=options.wait_timeout,
     )
+    writable = not (options.read_only or options.commit)
+    # The queue a killed or unreachable previous run left is resumed before anything is served.
+    outbox = Outbox(state_dir / "outbox", remote, max_backoff=10.0) if writable else None
     vfs = VFS(
         remote,
         cache,
@@ -288,9 +332,23 @@ def run(remote: Remote, options: MountOptions) -> None:
         pinned=options.commit is not None,
         poll_interval=options.poll_interval,
         reachable=reachable,
+        outbox=outbox,
+        upload_delay=options.upload_delay,
+        attrs_path=state_dir / "attrs.json",
+        ignore=_ignore_rules(cache, tree) if writable else None,
     )
     if reachable:
         vfs._persist(tree)
+    status_file = state_dir / "status.json"
+    status_stop = threading.Event()
+
+    def write_status() -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                status_mod.write_status(status_file, {**vfs.status(), "state": "mounted"})
+            if status_stop.wait(1.0):
+                return
+
     registry = state_dir / "mount.json"
     pid_file = state_dir / "mount.pid"
     stopping = threading.Event()
@@ -324,6 +382,11 @@ def run(remote: Remote, options: MountOptions) -> None:
     )
     watcher = threading.Thread(target=ready, name="ready", daemon=True)
     watcher.start()
+    if outbox is not None:
+        outbox.start()
+    status_mod.register("mount", str(remote.project), mountpoint, status_file)
+    status_thread = threading.Thread(target=write_status, name="status", daemon=True)
+    status_thread.start()
     vfs.start()
     try:
         fs.mount(vfs, str(mountpoint), on_destroy=destroyed, debug=options.debug)
@@ -336,6 +399,16 @@ def run(remote: Remote, options: MountOptions) -> None:
     finally:
         stopping.set()
         vfs.close()
+        if outbox is not None:
+            # What is in flight finishes; the rest stays queued for the next mount.
+            outbox.stop(timeout=15)
+            status_stop.set()
+            status_thread.join(5)
+            with contextlib.suppress(Exception):
+                status_mod.write_status(status_file, {**vfs.status(), "state": "unmounted"})
+            outbox.close()
+        status_stop.set()
+        status_mod.unregister("mount")
         cache.close()
         with contextlib.suppress(OSError):
             pid_file.unlink()

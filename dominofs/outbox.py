@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS conflicts (
 CREATE TABLE IF NOT EXISTS kept_local (path TEXT PRIMARY KEY, at REAL NOT NULL);
 """
 
+_HELD = 10 * 365 * 86400.0  # "not before" for a held entry: until it is re-enqueued
 _COLUMNS = "id, path, op, staged, base_key, attempts, last_error, state, meta, created"
 
 
@@ -197,10 +198,12 @@ class Outbox:
         *,
         base_key: str | None,
         meta: Mapping[str, Any] | None = None,
+        not_before: float = 0.0,
     ) -> int:
         """Queue an upload of `staged` (moved into the staging dir) as `path`; durable on return.
 
-        A not-yet-sent entry for the same path is replaced (its base key is kept).
+        A not-yet-sent entry for the same path is replaced (its base key is kept). The entry is
+        not sent before the time.time() value `not_before` (a restart sends it at once).
         """
         if staged.parent != self.staging_dir:
             target = self.staging_path()
@@ -212,13 +215,18 @@ class Outbox:
         finally:
             os.close(fd)
         _fsync_dir(self.staging_dir)
-        return self._insert(path, "upload", staged, base_key, meta)
+        return self._insert(path, "upload", staged, base_key, meta, not_before)
 
     def enqueue_delete(
-        self, path: str, *, base_key: str | None, meta: Mapping[str, Any] | None = None
+        self,
+        path: str,
+        *,
+        base_key: str | None,
+        meta: Mapping[str, Any] | None = None,
+        not_before: float = 0.0,
     ) -> int:
         """Queue a deletion of `path`; durable on return. Replaces a not-yet-sent entry."""
-        return self._insert(path, "delete", None, base_key, meta)
+        return self._insert(path, "delete", None, base_key, meta, not_before)
 
     def _insert(
         self,
@@ -227,6 +235,7 @@ class Outbox:
         staged: Path | None,
         base_key: str | None,
         meta: Mapping[str, Any] | None,
+        not_before: float = 0.0,
     ) -> int:
         with self._cond:
             inflight_id = self._inflight.get(path)
@@ -243,8 +252,8 @@ class Outbox:
                         "DELETE FROM entries WHERE id = ?", [(r[0],) for r in older]
                     )
                 cur = self._db.execute(
-                    "INSERT INTO entries (path, op, staged, base_key, meta, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO entries (path, op, staged, base_key, meta, created, next_try) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         path,
                         op,
@@ -252,6 +261,7 @@ class Outbox:
                         base_key,
                         json.dumps(dict(meta or {})),
                         time.time(),
+                        not_before,
                     ),
                 )
                 self._db.execute("COMMIT")
@@ -278,6 +288,41 @@ class Outbox:
             if staged:
                 _unlink(Path(staged))
         return bool(rows)
+
+    def in_flight(self, path: str) -> bool:
+        """True while an entry for `path` is being sent."""
+        with self._cond:
+            return path in self._inflight
+
+    def hold(self, path: str) -> bool:
+        """Keep the not-yet-sent entries of `path` from being sent until they are re-enqueued.
+
+        Returns False (and holds nothing) when an entry for `path` is being sent right now: the
+        caller must then not modify its staged file. A restart sends held entries.
+        """
+        with self._cond:
+            if path in self._inflight:
+                return False
+            with self._db_lock:
+                self._db.execute(
+                    "UPDATE entries SET next_try = ? WHERE path = ? AND state = 'pending'",
+                    (time.time() + _HELD, path),
+                )
+            return True
+
+    def withdraw(self, path: str) -> bool:
+        """Drop the not-yet-sent entries of `path`, leaving their staged files to the caller.
+
+        Returns True when nothing for `path` is being sent (False: one is in flight).
+        """
+        with self._cond:
+            inflight_id = self._inflight.get(path, -1)
+            with self._db_lock:
+                self._db.execute(
+                    "DELETE FROM entries WHERE path = ? AND id != ?", (path, inflight_id)
+                )
+            self._cond.notify_all()
+            return inflight_id == -1
 
     # -- what is queued --------------------------------------------------------------------
 

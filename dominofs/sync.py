@@ -770,7 +770,10 @@ class SyncService:
     def _poll_ok(self) -> None:
         assert self.outbox is not None
         if self._poll_error or self.outbox.server_reachable is False:
-            self.outbox.kick()  # the server is back: do not wait out the backoff
+            # The server is back (or takes the key again after a 401): do not wait out the
+            # backoff, and retry what failed meanwhile, as a restart would.
+            self.outbox.retry_failed()
+            self.outbox.kick()
         self._poll_error = None
 
     def _apply_remote_file(self, rf: RemoteFile) -> bool:

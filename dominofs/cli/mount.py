@@ -166,9 +166,30 @@ def _last_error(log_path: Path, offset: int) -> str | None:
 
 @click.command()
 @click.argument("mountpoint", type=click.Path(path_type=Path))
-def umount(mountpoint: Path) -> None:
-    """Unmount MOUNTPOINT and wait for its mount process to finish."""
+@click.option(
+    "--timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds to wait for queued uploads before refusing.",
+)
+@click.option("--force", is_flag=True, help="Unmount even with uploads pending (kept queued).")
+def umount(mountpoint: Path, timeout: float, force: bool) -> None:
+    """Wait for MOUNTPOINT's queued uploads, unmount it and wait for its process to finish."""
     from ..config import load_settings
+
+    mountpoint = Path(os.path.abspath(mountpoint))
+    pending = mount_mod.wait_drained(mountpoint, timeout)
+    if pending:
+        if not force:
+            raise DominoError(
+                f"{mountpoint}: not unmounted, {len(pending)} change(s) not on the server yet "
+                f"({', '.join(pending[:5])}{', ...' if len(pending) > 5 else ''}); "
+                "wait, or use --force (they stay queued for the next mount)"
+            )
+        click.echo(
+            f"unmounting with {len(pending)} change(s) still queued for the next mount", err=True
+        )
 
     try:
         state_root = load_settings(require_key=False).state_dir

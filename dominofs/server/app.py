@@ -27,6 +27,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from .endpoint import EndpointError, Endpoints
+from .faults import BLOB_PATH, FAULTS, FaultInjector, fault_middleware, fault_point
 from .runner import BadRequest, Run, Runner, validate_request
 from .search import AREAS, search
 from .stats import Stats
@@ -188,6 +189,9 @@ class Server:
         *args: Any,
     ) -> web.StreamResponse:
         request[STAT] = f"{method} {stat}"
+        injected = await fault_point(request, stat)
+        if injected is not None:
+            return injected
         handler = handlers.get(method)
         if handler is None:
             allowed = ", ".join(sorted(handlers))
@@ -255,6 +259,9 @@ class Server:
     ) -> web.StreamResponse:
         """Count, check the method, authenticate, find the project, check access, call."""
         request[STAT] = f"{method} {stat}"
+        injected = await fault_point(request, stat)
+        if injected is not None:
+            return injected
         handler = handlers.get(method)
         if handler is None:
             allowed = ", ".join(sorted(handlers))
@@ -368,7 +375,9 @@ class Server:
     def _file_response(self, key: str) -> web.StreamResponse:
         # FileResponse: sendfile, Content-Length, and Range (206) for free.
         path = self.store.blobs.path(key)
-        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+        response = web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+        response[BLOB_PATH] = str(path)  # for the truncate and flip faults
+        return response
 
     async def _body_chunks(self, request: web.Request) -> AsyncIterator[bytes]:
         async for chunk in request.content.iter_chunked(CHUNK):
@@ -601,14 +610,25 @@ async def _count_sent(request: web.Request, response: web.StreamResponse) -> Non
 
 
 def make_app(
-    store: Store, *, no_delete: bool = False, run_time_limit: float = 3600.0
+    store: Store,
+    *,
+    no_delete: bool = False,
+    run_time_limit: float = 3600.0,
+    faults: str | None = None,
 ) -> web.Application:
-    """The aiohttp application; its cleanup stops runs and endpoint workers."""
+    """The aiohttp application; its cleanup stops runs and endpoint workers.
+
+    Raises:
+        ValueError: a bad fault spec (grammar in faults.py).
+    """
     runner = Runner(store, time_limit=run_time_limit)
     endpoints = Endpoints(store)
     server = Server(store, runner, endpoints, no_delete=no_delete)
-    app = web.Application(middlewares=[json_errors], client_max_size=MAX_JSON_BODY)
+    app = web.Application(
+        middlewares=[json_errors, fault_middleware], client_max_size=MAX_JSON_BODY
+    )
     app[SERVER] = server
+    app[FAULTS] = FaultInjector(faults)
     app.router.add_route("*", "/{tail:.*}", server.dispatch)
     app.on_response_prepare.append(_count_sent)
 

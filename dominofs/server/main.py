@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from .app import make_app
+from .faults import parse_spec
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -37,17 +38,19 @@ def serve(
 ) -> None:
     """Run the local Domino server until SIGTERM or SIGINT; blocks.
 
-    Raises ValueError for a bad user or project (e.g. an owner that is not a user) and OSError
-    when the address cannot be bound.
+    `faults` is a fault-injection spec (grammar in faults.py), changeable at run time through
+    /_faults. Raises ValueError for a bad user, project (e.g. an owner that is not a user) or
+    fault spec, and OSError when the address cannot be bound.
     """
+    parse_spec(faults)  # a bad spec fails before anything is written
     store = Store.open(data_dir)
     for name, key in users:
         store.add_user(name, key)
     for full_name in projects:
         store.add_project(full_name)
-    if faults:
-        log.info("fault injection is not implemented yet; ignoring %r", faults)
-    asyncio.run(_serve(store, bind, port, no_delete=no_delete, run_time_limit=run_time_limit))
+    asyncio.run(
+        _serve(store, bind, port, no_delete=no_delete, run_time_limit=run_time_limit, faults=faults)
+    )
 
 
 def _url(host: str, port: int) -> str:
@@ -55,9 +58,15 @@ def _url(host: str, port: int) -> str:
 
 
 async def _serve(
-    store: Store, bind: str, port: int, *, no_delete: bool, run_time_limit: float
+    store: Store,
+    bind: str,
+    port: int,
+    *,
+    no_delete: bool,
+    run_time_limit: float,
+    faults: str | None = None,
 ) -> None:
-    app = make_app(store, no_delete=no_delete, run_time_limit=run_time_limit)
+    app = make_app(store, no_delete=no_delete, run_time_limit=run_time_limit, faults=faults)
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT
     )

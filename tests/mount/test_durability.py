@@ -1,0 +1,150 @@
+"""Nothing lost: kill -9, the server away, umount with a queue, conflicts, --no-delete, modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dominofs.api import DominoClient
+from tests.conftest import ALICE_KEY, LocalServer
+from tests.mount.conftest import Env, fuse_available, wait_for
+from tests.mount.test_write import MountHarness
+
+pytestmark = [pytest.mark.fuse, pytest.mark.timeout(90)]
+
+
+def server_files(env: Env) -> dict[str, bytes]:
+    r = env.remote
+    head = r.head_commit()
+    return {f.path: b"".join(r.iter_blob(f.key)) for f in r.list_files(head)}
+
+
+def status(h: MountHarness) -> dict[str, object]:
+    data: dict[str, object] = json.loads((h.root / ".dominofs" / "status.json").read_text())
+    return data
+
+
+def kill9(env: Env, h: MountHarness) -> None:
+    assert h.mount.proc is not None
+    os.killpg(h.mount.proc.pid, signal.SIGKILL)
+    h.mount.proc.wait(10)
+
+
+def test_fsync_then_kill9_then_remount_lands(fenv: Env) -> None:
+    h = MountHarness(fenv, "--upload-delay", "60")
+    with open(h.p("saved.txt"), "wb") as fh:
+        fh.write(b"durable")
+        fh.flush()
+        os.fsync(fh.fileno())
+    with open(h.p("closed.txt"), "wb") as fh:
+        fh.write(b"closed")
+    wait_for(lambda: status(h)["pending_uploads"] == 2, what="both queued")
+    kill9(fenv, h)
+    assert "saved.txt" not in server_files(fenv)
+    h2 = MountHarness(fenv)
+    assert h2.read("/saved.txt") == b"durable"  # shown from the queue before it lands
+    wait_for(lambda: server_files(fenv).get("saved.txt") == b"durable", what="saved.txt lands")
+    wait_for(lambda: server_files(fenv).get("closed.txt") == b"closed", what="closed.txt lands")
+
+
+def test_server_down_during_writes_then_back(fenv: Env) -> None:
+    h = MountHarness(fenv)
+    fenv.server.stop()
+    for i in range(5):
+        (h.root / f"burst{i}.txt").write_bytes(b"b%d" % i)
+    assert (h.root / "burst3.txt").read_bytes() == b"b3"
+    wait_for(lambda: status(h)["pending_uploads"] == 5, what="queued")
+    fenv.server.start(port=fenv.server.port)
+    files = wait_for(
+        lambda: (f := server_files(fenv)) and all(f.get(f"burst{i}.txt") for i in range(5)) and f,
+        timeout=45,
+        what="all land",
+    )
+    assert isinstance(files, dict)
+    assert files["burst4.txt"] == b"b4"
+
+
+def test_umount_refuses_while_pending_force_keeps_queue(fenv: Env) -> None:
+    h = MountHarness(fenv)
+    fenv.server.stop()
+    (h.root / "late.txt").write_bytes(b"late")
+    res = fenv.cli("umount", str(h.root), "--timeout", "1.5")
+    assert res.returncode != 0
+    assert "late.txt" in res.stderr
+    assert os.path.ismount(h.root)
+    res = fenv.cli("umount", str(h.root), "--timeout", "0.5", "--force")
+    assert res.returncode == 0, res.stderr
+    assert not os.path.ismount(h.root)
+    fenv.server.start(port=fenv.server.port)
+    MountHarness(fenv)
+    wait_for(lambda: server_files(fenv).get("late.txt") == b"late", what="late.txt lands")
+
+
+def test_conflict_keeps_both(fenv: Env) -> None:
+    h = MountHarness(fenv)
+    assert h.read("/README.md")  # the mount knows the server's version
+    fenv.put("README.md", b"theirs\n")
+    h.write("/README.md", b"ours\n")
+    st = wait_for(lambda: (s := status(h))["conflicts"] and s, what="a conflict")
+    assert isinstance(st, dict)
+    cpath = st["conflicts"][0]["conflict_path"]
+    assert ".conflict-" in cpath
+    files = server_files(fenv)
+    assert files["README.md"] == b"theirs\n"
+    assert files[cpath] == b"ours\n"
+    wait_for(lambda: h.read("/README.md") == b"theirs\n", what="the mount shows theirs")
+    assert h.read("/" + cpath) == b"ours\n"
+
+
+def test_chmod_survives_remount(fenv: Env) -> None:
+    h = MountHarness(fenv)
+    h.write("/run.sh", b"echo hi\n")
+    os.chmod(h.p("run.sh"), 0o755)
+    h.settled()
+    fenv.unmount(h.mount)
+    h2 = MountHarness(fenv)
+    assert stat.S_IMODE(os.stat(h2.p("run.sh")).st_mode) == 0o755
+
+
+@pytest.fixture
+def nodelete_env(make_server: Callable[..., LocalServer], tmp_path: Path) -> Iterator[Env]:
+    if not fuse_available():
+        pytest.skip("needs /dev/fuse and fusermount3")
+    srv = make_server("--no-delete", name="nodelete")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOMINO", "NOTIFY_SOCKET"))}
+    env.update(
+        DOMINO_API_HOST=srv.url,
+        DOMINO_USER_API_KEY=ALICE_KEY,
+        DOMINOFS_STATE_DIR=str(tmp_path / "state"),
+        DOMINOFS_CACHE_DIR=str(tmp_path / "cache"),
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+    )
+    client = DominoClient(srv.url, ALICE_KEY)
+    e = Env(srv, tmp_path, env, [], client.project("alice/demo"))
+    try:
+        yield e
+    finally:
+        for m in e.mounts:
+            e.unmount(m)
+        client.close()
+
+
+def test_no_delete_server_keeps_deletion_local(nodelete_env: Env) -> None:
+    env = nodelete_env
+    h = MountHarness(env)
+    os.unlink(h.p("README.md"))
+    st = wait_for(lambda: (s := status(h))["deletions_kept_local"] and s, what="kept local")
+    assert isinstance(st, dict)
+    assert st["deletions_kept_local"] == ["README.md"]
+    assert "README.md" in server_files(env)
+    assert not h.p("README.md").exists()
+    env.unmount(h.mount)
+    h2 = MountHarness(env)
+    assert "README.md" not in os.listdir(h2.root)
+    assert status(h2)["deletions_kept_local"] == ["README.md"]
