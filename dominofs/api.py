@@ -20,6 +20,7 @@ from typing import IO, Any, TypeGuard, TypeVar
 from urllib.parse import quote
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from . import __version__
@@ -478,7 +479,15 @@ def parse_listing(data: Any, *, host: str, what: str) -> list[RemoteFile]:
     return sorted(files.values(), key=lambda f: f.path)
 
 
-def parse_run(data: Mapping[str, Any]) -> Run:
+def parse_run(data: Any) -> Run:
+    """A Run from one run object of the API.
+
+    Raises:
+        ServerError: not a JSON object with a string `id`.
+    """
+    if not _is_run(data):
+        raise ServerError("the server sent a run that is not an object with a string id")
+
     def opt_int(name: str) -> int | None:
         v = data.get(name)
         return int(v) if _is_int(v) else None
@@ -524,7 +533,8 @@ def _json(resp: requests.Response, host: str, what: str) -> Any:
         if length > _MAX_JSON_BODY:
             raise ServerError(f"{host} ({what}): answer of {length} bytes is too large")
         return resp.json()
-    except (ValueError, requests.RequestException):
+    except (ValueError, RecursionError, requests.RequestException):
+        # RecursionError: a hostile body nested deeper than the parser's stack.
         raise ServerError(f"{host} ({what}): answer is not JSON") from None
     finally:
         resp.close()
@@ -537,19 +547,35 @@ def _stream(
         if resp.status_code == 416:
             return  # asked for bytes at or past the end: there are none
         skip = offset if (offset > 0 and resp.status_code == 200) else 0
-        for chunk in resp.iter_content(chunk_size):
+        for chunk in _body_chunks(resp, chunk_size):
             if skip:
                 if len(chunk) <= skip:
                     skip -= len(chunk)
                     continue
                 chunk, skip = chunk[skip:], 0
             yield chunk
-    except (requests.ConnectionError, requests.Timeout) as exc:
+    except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.TimeoutError) as exc:
         raise Unreachable(f"cannot read from {host} ({what}): {_why(exc)}") from None
-    except requests.RequestException as exc:
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
         raise ServerError(f"{host} ({what}): download broke off: {_why(exc)}") from None
     finally:
         resp.close()
+
+
+def _body_chunks(resp: requests.Response, chunk_size: int) -> Iterator[bytes]:
+    """The body in chunks of up to `chunk_size` bytes.
+
+    An unencoded body is read straight from urllib3 (`raw.read`): iter_content's generator and
+    decoder layers cost a Python round trip per chunk on the hot path of every cold read.
+    urllib3 errors (ProtocolError for a broken or short body, ReadTimeoutError) propagate.
+    """
+    raw = resp.raw
+    if resp.headers.get("Content-Encoding", "identity").lower() != "identity" or raw is None:
+        yield from resp.iter_content(chunk_size)
+        return
+    read = raw.read
+    while chunk := read(chunk_size, decode_content=False):
+        yield chunk
 
 
 _STATUS_ERRORS: dict[int, Callable[[str], DominoError]] = {

@@ -421,7 +421,9 @@ class BlobCache:
         digest: Any = None
         if self._verify_key(dl.key):
             # A big blob is hashed in a thread of its own, overlapping the next recv and write.
-            digest = _Hasher() if dl.size >= _HASH_THREAD_MIN else hashlib.sha1(usedforsecurity=False)
+            digest = (
+                _Hasher() if dl.size >= _HASH_THREAD_MIN else hashlib.sha1(usedforsecurity=False)
+            )
         stored = False
         chunks: Iterator[bytes] | None = None
         try:

@@ -65,10 +65,37 @@ def default_state_dir() -> Path:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) and make it 0700: caches and queues hold project data."""
+    """Create `path` (and parents) and make it 0700: caches and queues hold project data.
+
+    Parents it creates are 0700 as well (their names alone tell which projects are used);
+    parents that already exist are left as they are.
+    """
+    created: list[Path] = []
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        created.append(parent)
+        parent = parent.parent
     path.mkdir(parents=True, exist_ok=True)
+    for directory in created:
+        if directory != path:
+            os.chmod(directory, 0o700)
     if stat.S_IMODE(path.stat().st_mode) != 0o700:
         os.chmod(path, 0o700)
+    return path
+
+
+def create_private_file(path: Path) -> Path:
+    """Create `path` empty with mode 0600 if missing; an existing one loses group/other bits.
+
+    For SQLite databases: SQLite gives its -wal and -shm files the database file's mode.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            os.fchmod(fd, mode & 0o700)
+    finally:
+        os.close(fd)
     return path
 
 

@@ -180,7 +180,8 @@ MAX_NAME_BYTES = 255
 def clean_relpath(path: object) -> str | None:
     """The project-relative form of a path from a listing, or None if it is unsafe.
 
-    Unsafe: empty, absolute after stripping, NUL, `.` or `..` segments, a name over 255 bytes.
+    Unsafe: empty, absolute after stripping, NUL, `.` or `..` segments, a name over 255 bytes,
+    a name no filesystem can hold (a lone surrogate other than an escaped byte).
     Repeated and trailing slashes are folded (python-domino sends `//`).
     """
     if not isinstance(path, str) or "\0" in path:
@@ -189,6 +190,10 @@ def clean_relpath(path: object) -> str | None:
     if not parts:
         return None
     for part in parts:
-        if part in (".", "..") or len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        try:
+            size = len(part.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError:
+            return None
+        if part in (".", "..") or size > MAX_NAME_BYTES:
             return None
     return "/".join(parts)

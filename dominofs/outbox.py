@@ -21,6 +21,7 @@ import random
 import re
 import socket
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -30,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from .config import create_private_file, ensure_private_dir
 from .errors import DominoError, ServerError, Unreachable
 from .models import Remote, UploadResult
 
@@ -153,9 +155,8 @@ class Outbox:
         on_conflict: OnConflict | None = None,
         on_deleted: OnDeleted | None = None,
     ) -> None:
-        self.directory = directory
-        self.staging_dir = directory / "staged"
-        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        self.directory = ensure_private_dir(directory)  # 0700: the queue and the user's bytes
+        self.staging_dir = ensure_private_dir(directory / "staged")
         self.remote = remote
         self.concurrency = max(1, concurrency)
         self.base_backoff = base_backoff
@@ -170,7 +171,9 @@ class Outbox:
         self._cond = threading.Condition()
         self._db_lock = threading.Lock()
         self._db = sqlite3.connect(
-            str(directory / "outbox.db"), check_same_thread=False, isolation_level=None
+            str(create_private_file(directory / "outbox.db")),
+            check_same_thread=False,
+            isolation_level=None,
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -211,6 +214,9 @@ class Outbox:
             staged = target
         fd = os.open(staged, os.O_RDONLY)
         try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            if mode & 0o077:
+                os.fchmod(fd, mode & 0o700)  # a private copy of the user's bytes
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import default_state_dir
+from .config import default_state_dir, ensure_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,7 @@ def register(
     directory: Path | None = None,
 ) -> Path:
     """Register this process as a running `kind` ("sync" or "mount"); returns the entry file."""
-    directory = directory or registry_dir()
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = ensure_private_dir(directory or registry_dir())
     entry = _entry_path(kind, os.getpid(), directory)
     write_status(
         entry,

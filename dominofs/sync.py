@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import socket
 import stat
 import threading
@@ -31,6 +32,7 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from . import status as status_mod
+from .config import ensure_private_dir
 from .errors import DominoError, NotFound, Unreachable, UsageError
 from .ignore import IGNORE_FILE, STATE_DIR_NAME, IgnoreRules
 from .models import Remote, RemoteFile, UploadResult, clean_relpath
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 CONFIRM_MARKER = "confirm-deletes"
 DELETE_GRACE = 2.0
 RESCAN_INTERVAL = 600.0
+_SHA1_KEY = re.compile(r"^[0-9a-f]{40}$")  # the local server's keys: sha1 of the content
 _WATCHDOG_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
 
 
@@ -207,6 +210,7 @@ class SyncService:
         self._held = _Held()
         self._force_poll = False
         self._poll_error: str | None = None
+        self._download_failed = False  # a poll whose downloads failed is repeated next time
         self._last_error: str | None = None
         self._phase = "starting"
         self._observer: Any = None
@@ -279,8 +283,9 @@ class SyncService:
                     f"--pull needs an empty folder, and {self.root} holds {len(extra)} entries; "
                     "leave out --pull to sync an existing folder"
                 )
-        self.state_dir.mkdir(exist_ok=True)
-        self._lock_fh = open(self.state_dir / "lock", "a+")  # noqa: SIM115 - held for the run
+        ensure_private_dir(self.state_dir)  # 0700: state, queue and staged copies are private
+        lock_fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._lock_fh = os.fdopen(lock_fd, "a+")  # held for the run
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -293,7 +298,7 @@ class SyncService:
         self._lock_fh.flush()
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / CONFIRM_MARKER).unlink()  # a confirmation is for a running sync
-        (self.state_dir / "tmp").mkdir(exist_ok=True)
+        ensure_private_dir(self.state_dir / "tmp")
         for stale in (self.state_dir / "tmp").iterdir():
             with contextlib.suppress(OSError):
                 stale.unlink()
@@ -744,6 +749,7 @@ class SyncService:
             log.error("sync: %s", exc)
             return False
         self._poll_ok()
+        self._download_failed = False
         kept = set(self.outbox.kept_local())
         remote_paths: set[str] = set()
         changed = False
@@ -763,7 +769,7 @@ class SyncService:
             if row.path not in remote_paths and not self.rules.is_ignored(row.path):
                 with self._fs_lock:
                     changed |= self._apply_remote_delete(row)
-        if self.outbox.completed == completed:
+        if self.outbox.completed == completed and not self._download_failed:
             self.state.head = head
         return changed
 
@@ -810,17 +816,23 @@ class SyncService:
         assert self.state is not None
         tmp = self.state_dir / "tmp" / f"dl-{os.getpid()}-{threading.get_ident()}"
         h = hashlib.sha256()
+        by_key = hashlib.sha1(usedforsecurity=False) if _SHA1_KEY.match(rf.key) else None
         size = 0
         try:
             with open(tmp, "wb") as fh:
                 for chunk in self.remote.iter_blob(rf.key):
                     fh.write(chunk)
                     h.update(chunk)
+                    if by_key is not None:
+                        by_key.update(chunk)
                     size += len(chunk)
                 fh.flush()
                 os.fsync(fh.fileno())
-            if size != rf.size:
-                log.error("sync: %s: got %d bytes, the listing said %d", rf.path, size, rf.size)
+            if size != rf.size or (by_key is not None and by_key.hexdigest() != rf.key):
+                # Never let bad bytes into DIR; the next poll downloads it again.
+                self._download_failed = True
+                self._last_error = f"{rf.path}: the downloaded bytes do not match the listing"
+                log.error("sync: %s; will retry", self._last_error)
                 return False
             target.parent.mkdir(parents=True, exist_ok=True)
             if safe_target(self.root, rf.path) is None:
@@ -836,8 +848,9 @@ class SyncService:
                 return False
             os.replace(tmp, target)
         except DominoError as exc:
+            self._download_failed = True
             self._last_error = str(exc)
-            log.error("sync: cannot download %s: %s", rf.path, exc)
+            log.error("sync: cannot download %s: %s; will retry", rf.path, exc)
             return False
         finally:
             _unlink(tmp)
@@ -944,7 +957,8 @@ def _stable_copy(src: Path, dst: Path) -> tuple[str, tuple[int, int, int]] | Non
         before = os.fstat(fd)
         h = hashlib.sha256()
         n = 0
-        with open(dst, "wb") as out:
+        out_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(out_fd, "wb") as out:
             while chunk := os.read(fd, 1 << 20):
                 out.write(chunk)
                 h.update(chunk)

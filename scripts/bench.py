@@ -66,10 +66,20 @@ class Sizes:
     sync_files: int
     repeat: int
     time_limit: float
+    mount_saves: int = 20
+    copy_files: int = 1_000
+    seq_write: int = 256 * MiB
+    sync_saves: int = 200
+    watch_files: int = 100_000
+    idle_s: float = 10.0
 
 
-FULL = Sizes(GiB, 64, 4 * MiB, 50_000, 10_000, 100_000, 1_000, 3, 900.0)
-QUICK = Sizes(256 * MiB, 64, MiB, 10_000, 10_000, 10_000, 1_000, 2, 170.0)
+FULL = Sizes(GiB, 64, 4 * MiB, 50_000, 10_000, 100_000, 1_000, 3, 1200.0)
+QUICK = Sizes(
+    256 * MiB, 64, MiB, 10_000, 10_000, 10_000, 1_000, 2, 230.0,
+    mount_saves=10, copy_files=300, sync_saves=40, watch_files=20_000, idle_s=5.0,
+)  # fmt: skip
+UPLOAD_DELAY = 0.2
 
 
 @dataclass
@@ -340,6 +350,20 @@ def local_tree(root: Path, n: int, name: str) -> None:
         path.write_bytes(f"file {i} of {name}\n".encode())
 
 
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of values (not empty)."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * pct // 100))
+    return ordered[int(rank) - 1]
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process in clock ticks, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def walk_stat(root: Path) -> int:
     """os.walk + os.stat of every file (what `find -exec stat` does); returns the file count."""
     count = 0
@@ -391,6 +415,8 @@ class Bench:
         if "mount" in self.parts:
             wanted[f"files{s.find_files}"] = s.find_files
             wanted[f"files{s.rss_files}"] = s.rss_files
+        if "sync" in self.parts:
+            wanted[f"watch{s.watch_files}"] = s.watch_files
         return wanted
 
     def start_server(self) -> None:
@@ -408,7 +434,9 @@ class Bench:
         for name, n in self.file_projects().items():
             build_file_project(store, name, n)
         self.say(f"built file projects {self.file_projects()} in {time.perf_counter() - t0:.1f}s")
-        projects = [f"{OWNER}/{p}" for p in ("big", "blobs", "sync", "put")]
+        projects = [
+            f"{OWNER}/{p}" for p in ("big", "blobs", "sync", "put", "write", "seqput", "live")
+        ]
         self.server = Server(data, users, self.tmp / "server.log", projects, self.key)
         self.server.start()
         self.say(f"server {self.server.url} pid {self.server.pid}")
@@ -625,14 +653,14 @@ class Bench:
             return "`python -m dominofs mount --help` fails"
         return None
 
-    def mount(self, project: str) -> tuple[Path, int]:
+    def mount(self, project: str, *extra: str) -> tuple[Path, int]:
         """Mount OWNER/project on a fresh mount point; returns it and the mount's pid."""
         mp = self.tmp / f"mnt{len(list(self.tmp.glob('mnt*')))}-{project}"
         mp.mkdir()
         self.mounts.append(mp)
         proc = self.cli(
             "mount", f"{OWNER}/{project}", str(mp), "--cache-dir", str(self.tmp / "cache"),
-            "--poll-interval", "0",
+            "--poll-interval", "0", *extra,
         )  # fmt: skip
         if proc.returncode != 0:
             last = proc.stdout.strip().splitlines()
@@ -678,7 +706,7 @@ class Bench:
         if mp in self.mounts and not mounted(mp):
             self.mounts.remove(mp)
 
-    def bench_mount(self) -> None:
+    def bench_mount_read(self) -> None:
         s = self.sizes
         gib = f"{s.big / GiB:g} GiB"
         names = [
@@ -781,9 +809,140 @@ class Bench:
         self.add(fig.finish(rss / 1024 <= 200))
         self.unmount(mp)
 
+    # ---- mount write side (issue 4)
+
+    def on_server(self, project: str, path: str) -> bool:
+        """True when the head commit of OWNER/project lists path."""
+        r = self.session.get(f"{self.project_url(project)}/files/HEAD/{path}", timeout=30)
+        if r.status_code != 200:
+            return False
+        return any(e.get("path") == path for e in r.json().get("data", []))
+
+    def count_on_server(self, project: str, prefix: str) -> int:
+        r = self.session.get(f"{self.project_url(project)}/files/HEAD/{prefix}", timeout=60)
+        if r.status_code != 200:
+            return 0
+        return sum(1 for e in r.json().get("data", []) if str(e.get("path", "")).startswith(prefix))
+
+    def wait_on_server(self, project: str, path: str, timeout: float = 30.0) -> float:
+        """Poll until path is in the head listing; returns the time it appeared (perf_counter)."""
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            if self.on_server(project, path):
+                return time.perf_counter()
+            time.sleep(0.005)
+        raise RuntimeError(f"{path} not on the server after {timeout:.0f}s")
+
+    def save_latencies(
+        self, project: str, root: Path, prefix: str, n: int, size: int
+    ) -> list[float]:
+        """Seconds from close to on-server for n saves of new files root/prefix{i}.bin."""
+        out = []
+        for i in range(n):
+            name = f"{prefix}{i:04d}.bin"
+            data = b"".join(big_chunks(size, 5000 + i))
+            with open(root / name, "wb") as f:
+                f.write(data)
+            t = time.perf_counter()
+            out.append(self.wait_on_server(project, name) - t)
+        return out
+
+    def bench_mount(self) -> None:
+        self.bench_mount_read()
+        self.bench_mount_write()
+
+    def bench_mount_write(self) -> None:
+        s = self.sizes
+        d = UPLOAD_DELAY
+        names = [
+            f"save-to-on-server of a 1 MiB file, p50 of {s.mount_saves}",
+            f"{s.copy_files:,} files of 10 KiB copied in, all on the server",
+            f"sequential write of {s.seq_write // MiB} MiB (dd bs=1M)",
+        ]
+        targets = [f"≤ {d * 1000:.0f} + 100 ms", "ratio ≤ 0.5", "ratio ≥ 0.5"]
+        reason = self.mount_skip_reason()
+        if reason is not None:
+            for name, target in zip(names, targets, strict=True):
+                self.skip("mount", name, reason, target)
+            return
+        done = 0
+        try:
+            mp, _pid = self.mount("write", "--upload-delay", str(d))
+            lat = self.save_latencies("write", mp, "save", s.mount_saves, MiB)
+            p50 = percentile(lat, 50)
+            fig = Figure(
+                "mount", names[0], p50 * 1000, "ms", d * 1000, "the upload delay",
+                target=targets[0],
+                note=f"min {min(lat) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms; "
+                "write+close, then poll GET files/HEAD/path",
+            )  # fmt: skip
+            self.add(fig.finish(p50 <= d + 0.1))
+            done = 1
+
+            n = s.copy_files
+            src = self.tmp / "copy-src"
+            src.mkdir()
+            files = []
+            for i in range(n):
+                data = secrets.token_bytes(10 * 1024)
+                (src / f"c{i:05d}.bin").write_bytes(data)
+                files.append((f"c{i:05d}.bin", data))
+            t = time.perf_counter()
+            for name, data in files:
+                r = self.session.put(f"{self.project_url('seqput')}/many/{name}", data=data,
+                                     timeout=60)  # fmt: skip
+                r.raise_for_status()
+            seq = time.perf_counter() - t
+            t = time.perf_counter()
+            subprocess.run(["cp", "-r", str(src), str(mp / "many")], check=True, timeout=300)
+            copied = time.perf_counter() - t
+            deadline = time.perf_counter() + 300
+            got = 0
+            while time.perf_counter() < deadline:
+                got = self.count_on_server("write", "many/")
+                if got >= n:
+                    break
+                time.sleep(0.05)
+            total = time.perf_counter() - t
+            if got < n:
+                raise RuntimeError(f"only {got}/{n} copied files reached the server")
+            fig = Figure(
+                "mount", names[1], total, "s", seq, "sequential PUT loop, one Session",
+                target=targets[1],
+                note=f"cp took {copied:.2f}s; upload delay {d}s included",
+            )  # fmt: skip
+            self.add(fig.finish(total <= 0.5 * seq))
+            done = 2
+
+            count = str(s.seq_write // MiB)
+            local = run_quiet(
+                ["dd", "if=/dev/zero", f"of={self.tmp / 'dd-local.bin'}", "bs=1M",
+                 f"count={count}"], timeout=300,
+            )  # fmt: skip
+            (self.tmp / "dd-local.bin").unlink()
+            into = run_quiet(
+                ["dd", "if=/dev/zero", f"of={mp / 'dd.bin'}", "bs=1M", f"count={count}"],
+                timeout=300,
+            )  # fmt: skip
+            mbs, base = s.seq_write / into / 1e6, s.seq_write / local / 1e6
+            fig = Figure(
+                "mount", names[2], mbs, "MB/s", base, "same dd to local disk",
+                target=targets[2],
+                note=f"{into:.2f}s vs {local:.2f}s local (dd exit, no fsync)",
+            )  # fmt: skip
+            self.add(fig.finish(mbs >= 0.5 * base))
+            done = 3
+        except (Skip, subprocess.SubprocessError, OSError, RuntimeError, ValueError,
+                requests.RequestException) as exc:  # fmt: skip
+            for name, target in list(zip(names, targets, strict=True))[done:]:
+                self.skip("mount", name, f"{type(exc).__name__}: {exc}", target)
+        finally:
+            for m in list(self.mounts):
+                self.unmount(m)
+
     # ---- sync figures (issue 5)
 
-    def bench_sync(self) -> None:
+    def bench_sync_once(self) -> None:
         assert self.server is not None
         n = self.sizes.sync_files
         names = [f"sync --once of {n:,} new small files", "sync --once restart, nothing changed"]
@@ -849,6 +1008,133 @@ class Bench:
         except (Skip, subprocess.SubprocessError, OSError, RuntimeError) as exc:
             for name, target in list(zip(names, targets, strict=True))[done:]:
                 self.skip("sync", name, f"{type(exc).__name__}: {exc}", target)
+
+    def bench_sync(self) -> None:
+        self.bench_sync_once()
+        self.bench_sync_live()
+
+    def start_sync(self, project: str, root: Path, log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as f:
+            return subprocess.Popen(
+                [sys.executable, "-m", "dominofs", "sync", f"{OWNER}/{project}", str(root),
+                 "--upload-delay", str(UPLOAD_DELAY)],
+                stdin=subprocess.DEVNULL, stdout=f, stderr=f, env=self.mount_env(), cwd=ROOT,
+                start_new_session=True,
+            )  # fmt: skip
+
+    def stop_sync(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+    def wait_watching(self, proc: subprocess.Popen[bytes], root: Path, timeout: float) -> float:
+        """Wait for status.json to say "watching"; returns the seconds it took."""
+        t = time.perf_counter()
+        status = root / ".dominofs" / "status.json"
+        while time.perf_counter() - t < timeout:
+            if proc.poll() is not None:
+                raise RuntimeError(f"sync exited {proc.returncode} before watching")
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(status.read_text(encoding="utf-8")).get("state") == "watching":
+                    return time.perf_counter() - t
+            time.sleep(0.05)
+        raise RuntimeError(f"sync not watching after {timeout:.0f}s")
+
+    def bench_sync_live(self) -> None:
+        assert self.server is not None
+        s = self.sizes
+        d = UPLOAD_DELAY
+        n = s.watch_files
+        names = [
+            f"sync save-to-on-server p50 of {s.sync_saves}",
+            f"sync save-to-on-server p99 of {s.sync_saves}",
+            f"sync idle CPU watching {n:,} files ({s.idle_s:g}s)",
+            f"sync RSS watching {n:,} files",
+            f"sync --once restart of {n:,} unchanged files",
+        ]
+        targets = [f"≤ {d * 1000:.0f} + 200 ms", f"≤ {d * 1000:.0f} + 1500 ms", "≤ 1% of a core",
+                   "≤ 150 MB", "≤ 15 s, 0 PUTs"]  # fmt: skip
+        try:
+            import dominofs.sync  # noqa: F401
+        except ImportError as exc:
+            for name, target in zip(names, targets, strict=True):
+                self.skip("sync", name, f"dominofs.sync not importable ({exc})", target)
+            return
+        done = 0
+        small_rss = 0
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            live = self.tmp / "live-dir"
+            live.mkdir()
+            proc = self.start_sync("live", live, self.tmp / "sync-live.log")
+            procs.append(proc)
+            self.wait_watching(proc, live, 60)
+            lat = self.save_latencies("live", live, "s", s.sync_saves, 64 * 1024)
+            small_rss = rss_kib(proc.pid)
+            self.stop_sync(proc)
+            p50, p99 = percentile(lat, 50), percentile(lat, 99)
+            note = f"64 KiB files; min {min(lat) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms"
+            fig = Figure("sync", names[0], p50 * 1000, "ms", d * 1000, "the upload delay",
+                         target=targets[0], note=note)  # fmt: skip
+            self.add(fig.finish(p50 <= d + 0.2))
+            fig = Figure("sync", names[1], p99 * 1000, "ms", d * 1000, "the upload delay",
+                         target=targets[1], note=note)  # fmt: skip
+            self.add(fig.finish(p99 <= d + 1.5))
+            done = 2
+
+            watch = self.tmp / "watch-dir"
+            local_tree(watch, n, f"watch{n}")
+            proc = self.start_sync(f"watch{n}", watch, self.tmp / "sync-watch.log")
+            procs.append(proc)
+            before = self.server.stats().get("PUT upload", 0)
+            first = self.wait_watching(proc, watch, s.time_limit / 4)
+            first_puts = self.server.stats().get("PUT upload", 0) - before
+            time.sleep(1.0)
+            tick = os.sysconf("SC_CLK_TCK")
+            c0, s0, t0 = cpu_ticks(proc.pid), cpu_ticks(self.server.pid), time.perf_counter()
+            time.sleep(s.idle_s)
+            c1, s1, t1 = cpu_ticks(proc.pid), cpu_ticks(self.server.pid), time.perf_counter()
+            cpu = (c1 - c0) / tick / (t1 - t0) * 100
+            server_cpu = (s1 - s0) / tick / (t1 - t0) * 100
+            rss = rss_kib(proc.pid)
+            fig = Figure(
+                "sync", names[2], cpu, "%", server_cpu, "server CPU, same window",
+                target=targets[2],
+                note=f"first reconcile {first:.1f}s with {first_puts} PUTs; utime+stime",
+            )  # fmt: skip
+            self.add(fig.finish(cpu <= 1.0))
+            done = 3
+            fig = Figure(
+                "sync", names[3], rss / 1024, "MB", small_rss / 1024,
+                "sync RSS on the small save folder", target=targets[3], note=f"pid {proc.pid}",
+            )  # fmt: skip
+            self.add(fig.finish(rss / 1024 <= 150))
+            done = 4
+            self.stop_sync(proc)
+
+            walk = timed(lambda: walk_stat(watch))
+            before = self.server.stats().get("PUT upload", 0)
+            t = time.perf_counter()
+            once = self.cli("sync", f"{OWNER}/watch{n}", str(watch), "--once", timeout=300)
+            again = time.perf_counter() - t
+            puts = self.server.stats().get("PUT upload", 0) - before
+            fig = Figure(
+                "sync", names[4], again, "s", walk, "walk + stat of the folder",
+                target=targets[4], note=f"{puts} PUTs; exit {once.returncode}",
+            )  # fmt: skip
+            self.add(fig.finish(again <= 15 and puts == 0 and once.returncode == 0))
+            done = 5
+        except (Skip, subprocess.SubprocessError, OSError, RuntimeError, ValueError,
+                requests.RequestException) as exc:  # fmt: skip
+            for name, target in list(zip(names, targets, strict=True))[done:]:
+                self.skip("sync", name, f"{type(exc).__name__}: {exc}", target)
+        finally:
+            for p in procs:
+                self.stop_sync(p)
 
     # ---- lifecycle
 

@@ -228,3 +228,42 @@ def test_cache_dir_is_private(tmp_path: Path) -> None:
     cache = make(tmp_path, FakeFetcher({}))
     assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
     cache.close()
+
+
+def test_big_blob_hashed_off_thread_is_verified(tmp_path: Path) -> None:
+    """Blobs of 8 MiB and more are hashed in a thread of their own: still checked, still retried."""
+    key, data = blob(9 * MiB)
+    fetch = FakeFetcher({key: data[:-1] + b"\0"})
+    cache = make(tmp_path, fetch)
+    with pytest.raises(IntegrityError):
+        read_all(cache, key, len(data))
+    assert not cache.contains(key)
+    fetch.blobs[key] = data
+    assert read_all(cache, key, len(data)) == data
+    assert cache.contains(key)
+    cache.close()
+
+
+def test_many_waiting_readers_each_get_their_bytes(tmp_path: Path) -> None:
+    """Readers waiting at different offsets are woken as their own bytes arrive."""
+    key, data = blob(4 * MiB)
+    fetch = FakeFetcher({key: data})
+    fetch.hold_after = 0
+    cache = make(tmp_path, fetch)
+    readers = [cache.open(key, len(data)) for _ in range(8)]
+    got: dict[int, bytes] = {}
+
+    def read(i: int) -> None:
+        got[i] = readers[i].read(128 * 1024, i * 256 * 1024)
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    fetch.release.set()
+    for t in threads:
+        t.join(10)
+    assert all(got[i] == data[i * 256 * 1024 : i * 256 * 1024 + 128 * 1024] for i in range(8))
+    for r in readers:
+        r.close()
+    assert fetch.calls == [(key, 0)]
+    cache.close()
