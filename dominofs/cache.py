@@ -56,6 +56,7 @@ Fetch = Callable[[str, int], Iterator[bytes]]
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _MODE_BINARY = 2  # diskcache.core.MODE_BINARY
 _HASH_THREAD_MIN = 8 << 20  # blobs this big are hashed in a thread of their own
+_WRITEBACK_EVERY = 8 << 20  # start writing a download's bytes back to disk this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +73,9 @@ class _BlobDisk(diskcache.Disk):  # type: ignore[misc]
     def store(self, value: Any, read: bool, key: Any = diskcache.UNKNOWN) -> Any:
         if isinstance(value, _MoveIn):
             filename, full_path = self.filename(key, value)
-            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            _private_dirs(self._directory, os.path.dirname(full_path))
             os.rename(value.path, full_path)
+            os.chmod(full_path, 0o600)  # an adopted upload keeps the mode it was staged with
             return value.size, _MODE_BINARY, filename, None
         return super().store(value, read, key)
 
@@ -158,6 +160,12 @@ class BlobReader:
             return os.pread(self._fd, size, offset)  # the fast path: no lock, one copy
         return self._cache._read_waiting(self, size, offset)
 
+    @property
+    def complete(self) -> bool:
+        """True when the whole blob is here and verified (a cache hit, or its download done)."""
+        dl = self._dl
+        return dl is None or dl.done
+
     def close(self) -> None:
         self._cache._release(self)
 
@@ -185,7 +193,7 @@ class BlobCache:
         self._range_gap = range_gap
         self._range_span = range_span
         self._dc = diskcache.Cache(
-            str(self.directory / "blobs"),
+            str(_private_index(self.directory / "blobs")),
             disk=_BlobDisk,
             size_limit=size_limit,
             eviction_policy="least-recently-used",
@@ -202,6 +210,9 @@ class BlobCache:
         self.bytes_downloaded = 0
         self.integrity_failures = 0
         self.last_error: str | None = None
+        # Called (on the download thread, no lock held) with the key of a download that failed
+        # after serving some bytes: whoever let those bytes be cached elsewhere drops them.
+        self.on_failed: Callable[[str], None] | None = None
         self._clean_partials()
 
     # -- public --------------------------------------------------------------------------
@@ -372,8 +383,10 @@ class BlobCache:
                 if dl.arrived >= end and end < reader.size:
                     break
                 # The last bytes are served once the whole blob is verified, so a reader that
-                # reads to the end gets EIO rather than a silently corrupt file.
-                if any(e.start <= offset and e.arrived >= end for e in dl.extents):
+                # reads to the end gets EIO rather than a silently corrupt file: a Range extent
+                # holding them (unverified) does not serve them.
+                covered = any(e.start <= offset and e.arrived >= end for e in dl.extents)
+                if covered and end < reader.size:
                     break
                 if self._closed:
                     raise Unreachable("the mount is shutting down")
@@ -384,7 +397,7 @@ class BlobCache:
                     assert error is not None
                     dl.extents.remove(failed[-1])  # the next read may try again
                     raise error
-                if not pending and offset > dl.arrived + self._range_gap:
+                if not covered and not pending and offset > dl.arrived + self._range_gap:
                     self._start_extent(dl, offset)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -437,6 +450,8 @@ class BlobCache:
                         f"blob {dl.key[:12]}: server sent more than the listed {dl.size} bytes"
                     )
                 _write_all(fd, chunk)
+                if (dl.arrived + n) // _WRITEBACK_EVERY != dl.arrived // _WRITEBACK_EVERY:
+                    _start_writeback(fd)
                 if digest is not None:
                     digest.update(chunk)
                 with dl.cond:
@@ -484,6 +499,13 @@ class BlobCache:
         with dl.cond:
             dl.error = exc
             dl.wake()
+        # After the waiters are woken: dropping the kernel's pages waits for reads in flight.
+        hook = self.on_failed
+        if hook is not None and dl.arrived > 0:
+            try:
+                hook(dl.key)
+            except Exception:
+                log.exception("blob %s: the failure hook failed", dl.key[:12])
 
     def _leave(self, dl: _Download) -> None:
         with self._lock:
@@ -607,6 +629,61 @@ class _Hasher:
         while (chunk := self._queue.get()) is not None:
             self._sha.update(chunk)
             self._room.release()
+
+
+def _private_dirs(root: str, path: str) -> None:
+    """Create `path` and its missing parents below `root`, each 0700 (os.makedirs gives the
+    parents the umask's mode)."""
+    if path == root or os.path.isdir(path):
+        return
+    _private_dirs(root, os.path.dirname(path))
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+
+
+def _private_index(directory: Path) -> Path:
+    """Make diskcache's folder 0700 and its index 0600 before diskcache opens it.
+
+    SQLite creates the database with the umask's mode (0644) and gives its -wal and -shm files
+    the database's mode; an index created here, empty, is one SQLite takes as a new database.
+    Shard folders are made 0700 by `_BlobDisk.store`, blob files are renamed in as 0600.
+    """
+    ensure_private_dir(directory)
+    for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
+        path = directory / name
+        if name == "cache.db":
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_mode & 0o077:
+                os.chmod(path, 0o600)
+    return directory
+
+
+def _libc_sync_file_range() -> Any:
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _libc_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int) -> None:
+    """Start (not wait for) writing a download's dirty pages to disk.
+
+    A big download otherwise leaves its whole size dirty in the page cache; a few of them in a
+    row reach the kernel's dirty limits, and then every write of the download is throttled
+    (cold reads got slower one after the other). Pages stay cached: readers still hit them.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -14,6 +14,7 @@ import ctypes
 import errno
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -25,17 +26,79 @@ from .vfs import VFS, Opened
 
 log = logging.getLogger(__name__)
 
-ATTR_TIMEOUT = 1.0
-ENTRY_TIMEOUT = 1.0
-NEGATIVE_TIMEOUT = 1.0
+NEGATIVE_TIMEOUT = 1.0  # a name the server adds is not invalidated: it shows within 1 s
+
+
+_TIMES = {"st_atime": "st_atimespec", "st_mtime": "st_mtimespec", "st_ctime": "st_ctimespec"}
+_STAT_SIZE = ctypes.sizeof(mfusepy.c_stat)
+_READDIR_PLUS = 1  # enum fuse_readdir_flags: the kernel asked for attributes too
+_FILL_DIR_PLUS = 2  # enum fuse_fill_dir_flags: this entry carries them
+_DIR_MODE = stat.S_IFDIR | 0o755
+
+
+def _fill(st: Any, attrs: dict[str, int]) -> None:
+    """Copy a stat dict (times in ns) into a zeroed struct stat."""
+    for k, v in attrs.items():
+        t = _TIMES.get(k)
+        if t is None:
+            setattr(st, k, v)
+        else:
+            ts = getattr(st, t)
+            ts.tv_sec, ts.tv_nsec = divmod(v, 1_000_000_000)
 
 
 class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
-    """mfusepy's FUSE with our error translation and a leaner read path."""
+    """mfusepy's FUSE with our error translation and leaner read, getattr and readdir paths."""
 
     def __init__(self, operations: Operations, mountpoint: str, **kwargs: Any) -> None:
-        self._vfs_read = operations.vfs.read
+        vfs = operations.vfs
+        self._vfs_read = vfs.read
+        self._vfs_getattr = vfs.getattr
+        self._vfs_readdir = vfs.readdir
+        self._vfs_entry_stat = vfs.entry_stat
         super().__init__(operations, mountpoint, raw_fi=True, **kwargs)
+
+    def getattr_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        # One dict lookup in the vfs and a struct fill: no per-call option handling.
+        ctypes.memset(buf, 0, _STAT_SIZE)
+        fh = fip.contents.fh if fip else None
+        _fill(buf.contents, self._vfs_getattr(_decode(path), fh))
+        return 0
+
+    def readdir_fuse_3(
+        self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int
+    ) -> int:
+        # Entries carry their attributes (READDIRPLUS, with offsets so libfuse links them): a
+        # walk that stats every file then needs no lookup per file.
+        p = _decode(path)
+        names = self._vfs_readdir(p)
+        base = "/" if p == "/" else p + "/"
+        plus = flags & _READDIR_PLUS
+        st = mfusepy.c_stat()
+        entry_stat = self._vfs_entry_stat
+        i = offset
+        end = len(names) + 2
+        while i < end:
+            ctypes.memset(ctypes.byref(st), 0, _STAT_SIZE)
+            fill_flags = 0
+            if i < 2:
+                name = "." if i == 0 else ".."
+                st.st_mode = _DIR_MODE
+                statp: Any = st
+            else:
+                name = names[i - 2]
+                attrs = entry_stat(base + name)
+                if attrs is None:
+                    statp = None
+                else:
+                    _fill(st, attrs)
+                    statp = st
+                    if plus:
+                        fill_flags = _FILL_DIR_PLUS
+            i += 1
+            if filler(buf, name.encode("utf-8", "surrogateescape"), statp, i, fill_flags):
+                break
+        return 0
 
     def _wrapper(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
         # The one errno mapping: errors.* carry their errno; everything else is EIO.
@@ -71,6 +134,10 @@ class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
         return n
 
 
+def _decode(path: bytes | None) -> str:
+    return "" if path is None else path.decode("utf-8", "surrogateescape")
+
+
 def _fh(fi: Any) -> int | None:
     return int(fi.fh) if fi is not None else None
 
@@ -96,8 +163,8 @@ class Operations(mfusepy.Operations):  # type: ignore[misc]
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         if config is not None:
-            config.entry_timeout = ENTRY_TIMEOUT
-            config.attr_timeout = ATTR_TIMEOUT
+            config.entry_timeout = self.vfs.attr_timeout
+            config.attr_timeout = self.vfs.attr_timeout
             config.negative_timeout = NEGATIVE_TIMEOUT
             config.kernel_cache = 0  # decided per open (keep_cache), by blob key
             config.auto_cache = 0

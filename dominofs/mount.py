@@ -220,18 +220,20 @@ def _wait_pid_gone(pid: int, timeout: float) -> None:
 def initial_tree(remote: Remote, options: MountOptions) -> tuple[Tree, bool]:
     """The tree to mount and whether the server answered.
 
+    A commit's listing never changes, so the saved listing is used when it is of the commit to
+    mount (the one `preflight` saved, or the last mount's): then the server is asked for the
+    head commit only (which checks the key and the project), not for the files list again.
+
     Raises:
         AuthError, Forbidden, NotFound: the key or project is wrong (never masked by a saved
         listing). Unreachable: the server is away and no listing is saved.
     """
     try:
-        if options.commit:
-            commit = options.commit
-        else:
-            commits = remote.commits()
-            if not commits:
-                raise NotFound(f"{remote.host} ({remote.project}): the project has no commit")
-            commit = commits[0]
+        head = _head(remote)  # checks the key and the project, even for a saved listing
+        commit = options.commit or head
+        saved = Tree.load(options.listing_path)
+        if saved is not None and saved.commit_id == commit:
+            return saved, True
         return Tree(commit, remote.list_files(commit)), True
     except Unreachable as exc:
         saved = Tree.load(options.listing_path)
@@ -241,14 +243,35 @@ def initial_tree(remote: Remote, options: MountOptions) -> tuple[Tree, bool]:
         return saved, False
 
 
+def _head(remote: Remote) -> str:
+    commits = remote.commits()
+    if not commits:
+        raise NotFound(f"{remote.host} ({remote.project}): the project has no commit")
+    return commits[0]
+
+
 def preflight(remote: Remote, options: MountOptions) -> None:
-    """What a background mount checks before it starts its child (key, project, listing).
+    """What a background mount checks before it starts its child (key, project, mount point).
+
+    Asks for the head commit only (the child lists it); a pinned commit is listed here, which
+    checks it exists, and saved for the child to use.
 
     Raises:
         the errors of initial_tree, UsageError for the mount point.
     """
     check_mountpoint(options.mountpoint)
-    initial_tree(remote, options)
+    try:
+        if options.commit:
+            tree, reachable = initial_tree(remote, options)
+            if reachable:
+                ensure_private_dir(options.state_dir)
+                with contextlib.suppress(OSError):
+                    tree.save(options.listing_path)
+        else:
+            _head(remote)
+    except Unreachable as exc:
+        if Tree.load(options.listing_path) is None:
+            raise Unreachable(f"{exc}; and no listing of {remote.project} is saved here") from None
 
 
 def _ignore_rules(cache: BlobCache, tree: Tree) -> IgnoreRules:

@@ -1,13 +1,17 @@
 """The durable upload queue shared by the mount and the sync service.
 
-Owns: a SQLite queue (WAL, synchronous=FULL) of entries (path, op upload|delete, staged file,
-base_key, attempts, last_error, state) plus the staged bytes in its own directory; the uploader
-threads that send entries with bounded concurrency; capped jittered backoff while the server is
-down; the conflict check before an overwrite (ours goes to `NAME.conflict-<stamp>-<host>.EXT`,
-never a silent overwrite); deletions the server cannot do ("kept local"); the record of
-conflicts. An entry leaves the queue only after the server answered 2xx; `enqueue_*` returns
-only once the entry is durable. Must not import requests or api.py (it receives a
-`models.Remote`), and must not touch the watched tree or the mount: hooks tell the owner.
+Owns: a SQLite queue (WAL, synchronous=NORMAL; FULL for a durable enqueue) of entries (path, op
+upload|delete, staged file, base_key, attempts, last_error, state) plus the staged bytes in its
+own directory; the uploader threads that send entries with bounded concurrency; capped jittered
+backoff while the server is down; the conflict check before an overwrite (ours goes to
+`NAME.conflict-<stamp>-<host>.EXT`, never a silent overwrite); deletions the server cannot do
+("kept local"); the record of conflicts. An entry leaves the queue only after the server
+answered 2xx. `enqueue_*` returns once the entry survives a crash of the process (one WAL
+transaction); with durable=True (fsync(2)) it also survives a power loss (staged bytes, their
+directory and the queue are fsynced). The conflict check reads one listing of the head per batch
+of sendable entries (a view serving every entry queued before it was read), not one per entry.
+Must not import requests or api.py (it receives a `models.Remote`), and must not touch the
+watched tree or the mount: hooks tell the owner.
 """
 
 from __future__ import annotations
@@ -71,7 +75,11 @@ CREATE TABLE IF NOT EXISTS kept_local (path TEXT PRIMARY KEY, at REAL NOT NULL);
 """
 
 _HELD = 10 * 365 * 86400.0  # "not before" for a held entry: until it is re-enqueued
-_COLUMNS = "id, path, op, staged, base_key, attempts, last_error, state, meta, created"
+DEFAULT_CONCURRENCY = 12  # uploader threads; the client's connection pool holds 32
+VIEW_GRACE = 0.2  # a head listing this young also serves entries queued after it was read
+_BATCH = 3  # at least this many sendable entries: list their common folder once, not per path
+_COLUMNS = "id, path, op, staged, base_key, attempts, last_error, state, meta, created, sending"
+RESUME_SETTLE = 1.0  # an entry a crashed run was sending waits this long: the server may finish it
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +96,7 @@ class Entry:
     state: str
     meta: Mapping[str, Any] = field(default_factory=dict)
     created: float = 0.0
+    sending: bool = False  # a run claimed it for sending (maybe a crashed one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +156,7 @@ class Outbox:
         directory: Path,
         remote: Remote,
         *,
-        concurrency: int = 4,
+        concurrency: int = DEFAULT_CONCURRENCY,
         base_backoff: float = 0.5,
         max_backoff: float = 30.0,
         host_name: str | None = None,
@@ -176,8 +185,18 @@ class Outbox:
             isolation_level=None,
         )
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        # NORMAL: a commit survives a crash of the process; a durable enqueue switches to FULL
+        # for its own transaction (the WAL fsync then covers the earlier commits too).
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(entries)")}
+        if "sending" not in columns:  # a queue from an older version
+            self._db.execute("ALTER TABLE entries ADD COLUMN sending INTEGER NOT NULL DEFAULT 0")
+        self._view_lock = threading.Lock()  # one head listing at a time; the others reuse it
+        self._view: _View | None = None
+        # path -> (key or None for deleted, time.time()) of what we sent, laid over a listing
+        # read before it landed.
+        self._sent: dict[str, tuple[str | None, float]] = {}
         self._inflight: dict[str, int] = {}  # path -> entry id being sent
         self._stopping = False
         self._threads: list[threading.Thread] = []
@@ -202,9 +221,12 @@ class Outbox:
         base_key: str | None,
         meta: Mapping[str, Any] | None = None,
         not_before: float = 0.0,
+        durable: bool = False,
     ) -> int:
-        """Queue an upload of `staged` (moved into the staging dir) as `path`; durable on return.
+        """Queue an upload of `staged` (moved into the staging dir) as `path`.
 
+        On return the entry survives a crash of the process; with `durable` (what fsync(2)
+        promises) the staged bytes and the entry are also on disk.
         A not-yet-sent entry for the same path is replaced (its base key is kept). The entry is
         not sent before the time.time() value `not_before` (a restart sends it at once).
         """
@@ -217,11 +239,13 @@ class Outbox:
             mode = stat.S_IMODE(os.fstat(fd).st_mode)
             if mode & 0o077:
                 os.fchmod(fd, mode & 0o700)  # a private copy of the user's bytes
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_dir(self.staging_dir)
-        return self._insert(path, "upload", staged, base_key, meta, not_before)
+        if durable:
+            _fsync_dir(self.staging_dir)
+        return self._insert(path, "upload", staged, base_key, meta, not_before, durable=durable)
 
     def enqueue_delete(
         self,
@@ -230,9 +254,10 @@ class Outbox:
         base_key: str | None,
         meta: Mapping[str, Any] | None = None,
         not_before: float = 0.0,
+        durable: bool = False,
     ) -> int:
-        """Queue a deletion of `path`; durable on return. Replaces a not-yet-sent entry."""
-        return self._insert(path, "delete", None, base_key, meta, not_before)
+        """Queue a deletion of `path` (see enqueue_upload). Replaces a not-yet-sent entry."""
+        return self._insert(path, "delete", None, base_key, meta, not_before, durable=durable)
 
     def _insert(
         self,
@@ -242,35 +267,47 @@ class Outbox:
         base_key: str | None,
         meta: Mapping[str, Any] | None,
         not_before: float = 0.0,
+        *,
+        durable: bool = False,
     ) -> int:
         with self._cond:
             inflight_id = self._inflight.get(path)
             with self._db_lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                older = self._db.execute(
-                    "SELECT id, staged, base_key FROM entries WHERE path = ? AND id != ? "
-                    "ORDER BY id",
-                    (path, inflight_id if inflight_id is not None else -1),
-                ).fetchall()
-                if older:
-                    base_key = older[0][2]
-                    self._db.executemany(
-                        "DELETE FROM entries WHERE id = ?", [(r[0],) for r in older]
+                if durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    older = self._db.execute(
+                        "SELECT id, staged, base_key FROM entries WHERE path = ? AND id != ? "
+                        "ORDER BY id",
+                        (path, inflight_id if inflight_id is not None else -1),
+                    ).fetchall()
+                    if older:
+                        base_key = older[0][2]
+                        self._db.executemany(
+                            "DELETE FROM entries WHERE id = ?", [(r[0],) for r in older]
+                        )
+                    cur = self._db.execute(
+                        "INSERT INTO entries (path, op, staged, base_key, meta, created, next_try) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            path,
+                            op,
+                            str(staged) if staged else None,
+                            base_key,
+                            json.dumps(dict(meta or {})),
+                            time.time(),
+                            not_before,
+                        ),
                     )
-                cur = self._db.execute(
-                    "INSERT INTO entries (path, op, staged, base_key, meta, created, next_try) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        path,
-                        op,
-                        str(staged) if staged else None,
-                        base_key,
-                        json.dumps(dict(meta or {})),
-                        time.time(),
-                        not_before,
-                    ),
-                )
-                self._db.execute("COMMIT")
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                finally:
+                    if durable:
+                        self._db.execute("PRAGMA synchronous=NORMAL")
             entry_id = int(cur.lastrowid or 0)
             self._cond.notify_all()
         for row in older:
@@ -410,6 +447,11 @@ class Outbox:
             with self._db_lock:
                 # A restart retries what failed before: the cause may have been fixed.
                 self._db.execute("UPDATE entries SET state = 'pending', next_try = 0")
+                # Sent by a run that died: the server may still commit it; look a bit later.
+                self._db.execute(
+                    "UPDATE entries SET next_try = ? WHERE sending = 1",
+                    (time.time() + RESUME_SETTLE,),
+                )
             for i in range(self.concurrency):
                 t = threading.Thread(target=self._worker, name=f"outbox-{i}", daemon=True)
                 self._threads.append(t)
@@ -488,20 +530,25 @@ class Outbox:
         now = time.time()
         if self._pause_until > now:
             return None, min(1.0, self._pause_until - now)
+        # At most two entries per path (one in flight, one newer): skipping the paths in
+        # flight never needs more rows than this.
+        limit = 2 * len(self._inflight) + 1
         with self._db_lock:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS}, next_try FROM entries WHERE state = 'pending' ORDER BY id"
+                f"SELECT {_COLUMNS} FROM entries WHERE state = 'pending' AND next_try <= ? "
+                "ORDER BY id LIMIT ?",
+                (now, limit),
             ).fetchall()
-        soonest = 1.0
-        for row in rows:
-            if row[1] in self._inflight:
-                continue
-            next_try = float(row[-1])
-            if next_try > now:
-                soonest = min(soonest, next_try - now)
-                continue
-            return _entry(row[:-1]), 0.0
-        return None, soonest
+            for row in rows:
+                if row[1] not in self._inflight:
+                    if not row[10]:
+                        self._db.execute("UPDATE entries SET sending = 1 WHERE id = ?", (row[0],))
+                    return _entry(row), 0.0
+            (soonest,) = self._db.execute(
+                "SELECT MIN(next_try) FROM entries WHERE state = 'pending' AND next_try > ?",
+                (now,),
+            ).fetchone()
+        return None, 1.0 if soonest is None else max(0.001, min(1.0, soonest - now))
 
     def _process(self, entry: Entry) -> None:
         try:
@@ -550,14 +597,61 @@ class Outbox:
                 )
         log.error("could not send %s %s: %s (kept in the queue)", entry.op, entry.path, message)
 
-    def _remote_key(self, path: str) -> str | None:
+    def _remote_key(self, entry: Entry) -> str | None:
+        """The server's key of the entry's path (None: not there), from a fresh enough view.
+
+        A view serves the entries queued before it was read (or at most VIEW_GRACE after):
+        a server change made more than VIEW_GRACE before an edit was queued is always seen.
+        With several entries sendable, one listing of their common folder serves them all.
+        """
+        with self._view_lock:
+            view = self._view
+            if entry.sending:
+                # Maybe sent just before a crash (or a failed attempt that the server
+                # finished anyway): read the path itself, as late as possible.
+                view = self._read_view(entry, alone=True)
+            elif view is None or not view.serves(entry):
+                view = self._read_view(entry)
+                if view.prefix != entry.path:
+                    self._view = view  # a one-path view is not worth keeping
+            with self._cond:
+                sent = self._sent.get(entry.path)
+            if sent is not None and sent[1] >= view.started:
+                return sent[0]  # ours landed after the listing was read
+            return view.files.get(entry.path)
+
+    def _read_view(self, entry: Entry, *, alone: bool = False) -> _View:
+        now = time.time()
+        due: list[str] = []
+        if not alone:
+            with self._db_lock:
+                due = [
+                    r[0]
+                    for r in self._db.execute(
+                        "SELECT path FROM entries WHERE state = 'pending' AND next_try <= ? "
+                        "ORDER BY id LIMIT 512",
+                        (now,),
+                    )
+                ]
+        if len(due) < _BATCH:
+            prefix = entry.path
+        else:
+            folders = {p.rpartition("/")[0] for p in due}
+            folders.add(entry.path.rpartition("/")[0])
+            prefix = _common_folder(folders)
+        started = time.time()
         commits = self.remote.commits()
-        if not commits:
-            return None
-        for f in self.remote.list_files(commits[0], path):
-            if f.path == path:
-                return f.key
-        return None
+        files: dict[str, str] = {}
+        if commits:
+            files = {f.path: f.key for f in self.remote.list_files(commits[0], prefix)}
+        with self._cond:
+            horizon = time.time() - 600.0
+            self._sent = {p: v for p, v in self._sent.items() if v[1] >= horizon}
+        return _View(started, prefix, files)
+
+    def _note_sent(self, path: str, key: str | None) -> None:
+        with self._cond:
+            self._sent[path] = (key, time.time())
 
     def _same_content(self, key: str, staged: Path) -> bool:
         h = hashlib.sha256()
@@ -569,7 +663,7 @@ class Outbox:
         assert entry.staged is not None
         staged = entry.staged
         size = staged.stat().st_size
-        remote_key = self._remote_key(entry.path)
+        remote_key = self._remote_key(entry)
         if remote_key is not None and not self._based_on(entry, remote_key):
             if self._same_content(remote_key, staged):
                 # Ours already (a resend after a crash) or an identical edit: nothing to send.
@@ -579,6 +673,7 @@ class Outbox:
             cpath = conflict_name(entry.path, host=self.host_name)
             with open(staged, "rb") as fh:
                 result = self.remote.upload(cpath, fh, size=size)
+            self._note_sent(cpath, result.key)
             detail = (
                 f"{entry.path} changed on the server since this edit started; "
                 f"ours was uploaded as {cpath}"
@@ -608,6 +703,7 @@ class Outbox:
 
     def _finish_upload(self, entry: Entry, result: UploadResult) -> None:
         assert entry.staged is not None
+        self._note_sent(entry.path, result.key)
         with self._cond:
             chain = self._ours.setdefault(entry.path, {})
             if result.key != entry.base_key:
@@ -620,7 +716,7 @@ class Outbox:
         self._complete(entry, rebase_key=result.key)
 
     def _delete(self, entry: Entry) -> None:
-        remote_key = self._remote_key(entry.path)
+        remote_key = self._remote_key(entry)
         outcome: DeleteOutcome
         if remote_key is None:
             outcome = "deleted"  # already gone: what was asked
@@ -634,6 +730,7 @@ class Outbox:
             self._record_conflict(entry.path, None, "delete_vs_change", detail)
         elif self.remote.delete(entry.path):
             outcome = "deleted"
+            self._note_sent(entry.path, None)
             log.info("deleted %s on the server", entry.path)
         else:
             outcome = "kept_local"
@@ -687,6 +784,32 @@ class Outbox:
                 _unlink(child)
 
 
+@dataclass(frozen=True, slots=True)
+class _View:
+    """The server's keys under `prefix` (a folder, a file, or "" for all), read at `started`."""
+
+    started: float
+    prefix: str
+    files: dict[str, str]
+
+    def serves(self, entry: Entry) -> bool:
+        p = self.prefix
+        if p and entry.path != p and not entry.path.startswith(p + "/"):
+            return False
+        return entry.created <= self.started or time.time() - self.started <= VIEW_GRACE
+
+
+def _common_folder(folders: set[str]) -> str:
+    """The deepest folder holding all of `folders` ("" for the root)."""
+    parts = [f.split("/") if f else [] for f in folders]
+    common: list[str] = []
+    for names in zip(*parts, strict=False):
+        if any(n != names[0] for n in names):
+            break
+        common.append(names[0])
+    return "/".join(common)
+
+
 def _entry(row: tuple[Any, ...]) -> Entry:
     try:
         meta = json.loads(row[8]) if row[8] else {}
@@ -703,6 +826,7 @@ def _entry(row: tuple[Any, ...]) -> Entry:
         state=str(row[7]),
         meta=meta if isinstance(meta, dict) else {},
         created=float(row[9]),
+        sending=bool(row[10]),
     )
 
 

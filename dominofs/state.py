@@ -1,6 +1,7 @@
 """The per-folder (or per-mount) state database: what was last in step with the server.
 
-Owns: one SQLite file (WAL, synchronous=FULL) with, per path, the last synced remote key, the
+Owns: one SQLite file (WAL, synchronous=NORMAL: a lost row after a power loss only costs a hash
+on the next start, never a wrong upload) with, per path, the last synced remote key, the
 local content hash, size, mtime_ns and inode of the local file at that moment, and the remote key
 the next local edit is based on; plus small metadata (the head commit last seen, the root's
 device). A row is written only once the server has confirmed the bytes (or after a download).
@@ -61,7 +62,7 @@ class StateDB:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -105,8 +106,22 @@ class StateDB:
             self._db.execute("COMMIT")
 
     def remove(self, path: str) -> None:
+        self.remove_many([path])
+
+    def remove_many(self, paths: Iterable[str]) -> None:
+        rows = [(p,) for p in paths]
         with self._lock:
-            self._db.execute("DELETE FROM files WHERE path = ?", (path,))
+            self._db.execute("BEGIN")
+            self._db.executemany("DELETE FROM files WHERE path = ?", rows)
+            self._db.execute("COMMIT")
+
+    def snapshot(self) -> dict[str, tuple[str, int, int, int]]:
+        """Every path's (key, size, mtime_ns, inode), in one query (a reconcile's view)."""
+        with self._lock:
+            return {
+                r[0]: (r[1], r[2], r[3], r[4])
+                for r in self._db.execute("SELECT path, key, size, mtime_ns, inode FROM files")
+            }
 
     def paths(self) -> set[str]:
         with self._lock:

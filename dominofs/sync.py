@@ -12,6 +12,7 @@ the outbox's, both started and joined here; the service loop runs in the caller'
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
@@ -45,6 +46,8 @@ CONFIRM_MARKER = "confirm-deletes"
 DELETE_GRACE = 2.0
 RESCAN_INTERVAL = 600.0
 _SHA1_KEY = re.compile(r"^[0-9a-f]{40}$")  # the local server's keys: sha1 of the content
+_HASH_THREADS = 4  # hashlib releases the GIL: hash local files in parallel
+_ADOPT_BATCH = 512
 _WATCHDOG_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
 
 
@@ -557,7 +560,11 @@ class SyncService:
             self.state.put(FileState(rel, row.key, sha, *st2, base_key=row.base_key))
             _unlink(staged)
             return
-        self.outbox.enqueue_upload(rel, staged, base_key=row.key if row else None, meta=meta)
+        # Not fsynced: the local file is the truth, and a restart after a power loss finds it
+        # changed (stat) and queues it again.
+        self.outbox.enqueue_upload(
+            rel, staged, base_key=row.key if row else None, meta=meta, durable=False
+        )
 
     def _scan(self, sub: str = "", *, delay: float | None = 0.0) -> None:
         """Stat-only reconcile of the tree (or a subtree) against the state database.
@@ -567,15 +574,14 @@ class SyncService:
         assert self.state is not None
         self.rules = IgnoreRules.for_root(self.root)
         start = self.root / sub if sub else self.root
-        seen: set[str] = set()
+        known = self.state.snapshot()
         for rel, st in self._walk(start, sub):
-            seen.add(rel)
-            row = self.state.get(rel)
-            if row is None or not row.same_stat(*_stat(st)):
+            row = known.pop(rel, None)
+            if row is None or row[1:] != _stat(st):
                 self.mark(rel, delay=delay)
         prefix = sub + "/" if sub else ""
-        for rel in self.state.paths():
-            if rel not in seen and (not sub or rel == sub or rel.startswith(prefix)):
+        for rel in known:  # in the state, not found by the walk: gone (or moved)
+            if not sub or rel == sub or rel.startswith(prefix):
                 self.mark(rel, delay=delay)
 
     def _walk(self, directory: Path, rel_dir: str) -> Iterator[tuple[str, os.stat_result]]:
@@ -751,7 +757,9 @@ class SyncService:
         self._poll_ok()
         self._download_failed = False
         kept = set(self.outbox.kept_local())
+        known = self.state.snapshot()
         remote_paths: set[str] = set()
+        adopt: list[tuple[RemoteFile, os.stat_result]] = []
         changed = False
         for rf in listing:
             if self._stop.is_set() or self.outbox.completed != completed:
@@ -761,17 +769,75 @@ class SyncService:
             remote_paths.add(rf.path)
             if rf.path in kept:
                 continue
+            row = known.get(rf.path)
+            if row is not None and row[0] == rf.key:
+                continue  # in step (the common case: no query, no stat)
+            if row is None and _SHA1_KEY.match(rf.key):
+                st = self._adoptable(rf)
+                if st is not None:
+                    adopt.append((rf, st))
+                    if len(adopt) >= _ADOPT_BATCH:
+                        self._adopt(adopt)
+                        adopt = []
+                    continue
             with self._fs_lock:
                 changed |= self._apply_remote_file(rf)
+        self._adopt(adopt)
         if self.outbox.completed != completed:
             return changed
-        for row in list(self.state.all()):
-            if row.path not in remote_paths and not self.rules.is_ignored(row.path):
-                with self._fs_lock:
-                    changed |= self._apply_remote_delete(row)
+        gone = [p for p in known if p not in remote_paths and not self.rules.is_ignored(p)]
+        del known
+        for path in gone:
+            with self._fs_lock:
+                row_state = self.state.get(path)
+                if row_state is not None:
+                    changed |= self._apply_remote_delete(row_state)
         if self.outbox.completed == completed and not self._download_failed:
             self.state.head = head
         return changed
+
+    def _adoptable(self, rf: RemoteFile) -> os.stat_result | None:
+        """The stat of a local file with no state row and the remote size (maybe the same bytes:
+        a first sync of a folder already on the server), else None."""
+        target = safe_target(self.root, rf.path)
+        if target is None:
+            return None
+        try:
+            st = os.lstat(target)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_size != rf.size:
+            return None
+        return st
+
+    def _adopt(self, batch: list[tuple[RemoteFile, os.stat_result]]) -> None:
+        """Record as in step the local files whose bytes are the remote ones (sha1 = key).
+
+        Hashing only, in parallel; anything else (other bytes, changed meanwhile, a queued
+        change) goes the normal way: marked dirty, so the upload path with its conflict check
+        decides.
+        """
+        assert self.state is not None
+        assert self.outbox is not None
+        if not batch:
+            return
+        with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
+            hashes = list(pool.map(lambda item: _hash_local(self.root / item[0].path), batch))
+        rows: list[FileState] = []
+        with self._fs_lock:
+            for (rf, st), got in zip(batch, hashes, strict=True):
+                if (
+                    got is not None
+                    and got[0] == rf.key
+                    and got[2] == _stat(st)
+                    and self.outbox.find(rf.path) is None
+                ):
+                    rows.append(FileState(rf.path, rf.key, got[1], *got[2]))
+                else:
+                    self.mark(rf.path, delay=0.0)
+            self.state.put_many(rows)
+        if rows:
+            log.info("sync: %d local files already match the server", len(rows))
 
     def _poll_ok(self) -> None:
         assert self.outbox is not None
@@ -948,6 +1014,31 @@ def _meta_stat(meta: Any) -> tuple[int, int, int]:
         return (int(meta["size"]), int(meta["mtime_ns"]), int(meta["inode"]))
     except (KeyError, TypeError, ValueError):
         return (-1, -1, -1)
+
+
+def _hash_local(path: Path) -> tuple[str, str, tuple[int, int, int]] | None:
+    """(sha1, sha256, stat) of a local file, or None if unreadable or changed while read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        before = os.fstat(fd)
+        h1 = hashlib.sha1(usedforsecurity=False)
+        h256 = hashlib.sha256()
+        n = 0
+        while chunk := os.read(fd, 4 << 20):
+            h1.update(chunk)
+            h256.update(chunk)
+            n += len(chunk)
+        after = os.fstat(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if _stat(before) != _stat(after) or n != before.st_size:
+        return None
+    return h1.hexdigest(), h256.hexdigest(), _stat(before)
 
 
 def _stable_copy(src: Path, dst: Path) -> tuple[str, tuple[int, int, int]] | None:

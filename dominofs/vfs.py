@@ -213,6 +213,7 @@ class VFS:
         self._dirs: set[str] = set()
         self._gone_dirs: set[str] = set()
         self._attrs: dict[str, dict[str, int]] = self._load_attrs()
+        cache.on_failed = self._on_blob_failed
         if self._outbox is not None:
             self._outbox.on_uploaded = self._on_uploaded
             self._outbox.on_conflict = self._on_conflict
@@ -224,6 +225,16 @@ class VFS:
     @property
     def tree(self) -> Tree:
         return self._tree
+
+    @property
+    def attr_timeout(self) -> float:
+        """How long the kernel may keep attributes and entries: until the next look at the head
+        commit (a change found then is invalidated path by path), between 1 s and 1 min."""
+        if self.pinned:
+            return 60.0
+        if self.poll_interval <= 0:
+            return 60.0  # only this mount's own changes, which invalidate what they touch
+        return min(max(self.poll_interval, 1.0), 60.0)
 
     def start(self) -> None:
         """Start polling the head commit (not for a pinned commit; with an interval of 0, only
@@ -498,6 +509,20 @@ class VFS:
             return [*_VIRTUAL_ROOT_NAMES, *(n for n in names if n not in _VIRTUAL_ROOT_NAMES)]
         return list(names)
 
+    def entry_stat(self, path: str) -> StatDict | None:
+        """The stat of a folder entry for a readdir that returns attributes (READDIRPLUS), or
+        None where the kernel should look it up itself (`.runs/`, `.dominofs/`: rendered on
+        demand, maybe from the server; or gone in between)."""
+        st = self._stats.get(path)
+        if st is not None:
+            return st
+        if path.startswith((RUNS + "/", META + "/")):
+            return None
+        try:
+            return self._getattr_slow(path)
+        except DominoError:
+            return None
+
     def statfs(self) -> dict[str, int]:
         limit = max(self._cache.size_limit, 1)
         used = min(self._cache.volume(), limit)
@@ -555,8 +580,10 @@ class VFS:
             keys = self._open_keys.setdefault(path, {})
             others = any(k != f.key for k in keys)
             keys[f.key] = keys.get(f.key, 0) + 1
-            # Pages may be kept when they can only hold this key's bytes.
-            keep = not others and self._page_key.get(path) == f.key
+            # Pages may be kept when they can only hold this key's bytes and those bytes are
+            # verified: pages read from a download still in flight may
+            # hold bytes whose hash has not been checked yet (a failure drops them).
+            keep = not others and reader.complete and self._page_key.get(path) == f.key
             if others:
                 self._page_key.pop(path, None)  # two versions open at once: no caching
             else:
@@ -706,6 +733,19 @@ class VFS:
             except Exception:
                 log.exception("kernel cache invalidation failed")
 
+    def _on_blob_failed(self, key: str) -> None:
+        """A download of `key` failed after serving bytes: the kernel may hold unverified pages
+        of every path showing that key; forget them and have the kernel drop them."""
+        with self._lock:
+            paths = [p for p, k in self._page_key.items() if k == key]
+            for p in paths:
+                del self._page_key[p]
+        if paths and self.invalidate is not None:
+            try:
+                self.invalidate(paths)
+            except Exception:
+                log.exception("kernel cache invalidation failed")
+
     # -- the write side ------------------------------------------------------------------
     #
     # The mount's view is the tree overlaid with local state, all guarded by self._lock:
@@ -828,15 +868,18 @@ class VFS:
             node.work, node.queued = work, False
         node.uploaded_at = None
 
-    def _schedule(self, node: _Node, *, held: bool = False) -> None:
-        """Queue `node`'s staging file for upload after the delay. Caller holds the lock."""
+    def _schedule(self, node: _Node, *, held: bool = False, durable: bool = False) -> None:
+        """Queue `node`'s staging file for upload after the delay. Caller holds the lock.
+
+        `durable` (fsync's promise): the staged bytes and the entry are on disk on return.
+        """
         assert self._outbox is not None
         assert node.work is not None
         if node.local or node.dead:
             return
         when = time.time() + (_HELD if held else self.upload_delay)
         self._outbox.enqueue_upload(
-            node.path[1:], node.work, base_key=node.base_key, not_before=when
+            node.path[1:], node.work, base_key=node.base_key, not_before=when, durable=durable
         )
         node.queued = True
         node.dirty = False
@@ -1216,7 +1259,7 @@ class VFS:
             node = h.node
             if not node.dead and not node.local and (node.dirty or not node.queued):
                 # Held while a writer is open; the last close restarts the timer.
-                self._schedule(node, held=node.writers > 0)
+                self._schedule(node, held=node.writers > 0, durable=True)
 
     # -- outbox hooks (uploader threads) -------------------------------------------------
 

@@ -75,9 +75,10 @@ class LocalServer:
         for line in proc.stdout:
             self.output.append(line)
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """SIGTERM and wait (SIGKILL after 10 s); returns the exit code (0 if not running)."""
         if self.proc is None:
-            return
+            return 0
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -85,7 +86,9 @@ class LocalServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+        code = self.proc.returncode
         self._reap()
+        return code
 
     def kill(self) -> None:
         """SIGKILL: the server vanishes without a word, as in a crash."""

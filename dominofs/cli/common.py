@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -47,6 +48,54 @@ def server_options(func: F) -> F:
         expose_value=False,
         callback=_store(_HOST_KEY),
         help="Domino server URL. Default: $DOMINO_API_HOST or the config file.",
+    )(func)
+    return func
+
+
+def seconds_option(
+    flag: str,
+    default: float,
+    help: str,
+    *,
+    lo: float = 0,
+    hi: float | None = None,
+    hidden: bool = False,
+) -> Callable[[F], F]:
+    """A float option in seconds within [lo, hi], its default shown in --help."""
+
+    def decorate(func: F) -> F:
+        return click.option(
+            flag,
+            default=default,
+            show_default=True,
+            hidden=hidden,
+            type=click.FloatRange(lo, hi),
+            help=help,
+        )(func)
+
+    return decorate
+
+
+def poll_option(help: str, *, lo: float = 0) -> Callable[[F], F]:
+    """--poll-interval: seconds between checks for remote changes (default 15)."""
+    return seconds_option("--poll-interval", 15.0, help, lo=lo)
+
+
+def upload_delay_option(help: str, *, hi: float | None = None) -> Callable[[F], F]:
+    """--upload-delay: seconds a closed file waits before it is uploaded (default 1)."""
+    return seconds_option("--upload-delay", 1.0, help, hi=hi)
+
+
+def cache_options(func: F) -> F:
+    """Add --cache-dir and --cache-size (the blob cache's folder and size limit)."""
+    func = click.option(
+        "--cache-size", default=None, metavar="SIZE", help="Cache size, e.g. 10GiB."
+    )(func)
+    func = click.option(
+        "--cache-dir",
+        default=None,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Blob cache folder (shared by all mounts). Default: the user cache dir.",
     )(func)
     return func
 

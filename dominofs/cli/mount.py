@@ -20,7 +20,15 @@ from .. import mount as mount_mod
 from ..api import DominoClient
 from ..config import ensure_private_dir
 from ..errors import DominoError
-from .common import DEBUG_KEY, parse_project, server_options, settings
+from .common import (
+    DEBUG_KEY,
+    cache_options,
+    parse_project,
+    poll_option,
+    server_options,
+    settings,
+    upload_delay_option,
+)
 
 READY_TIMEOUT = 60.0
 
@@ -31,27 +39,9 @@ READY_TIMEOUT = 60.0
 @click.option("--foreground", is_flag=True, help="Stay in the foreground (systemd Type=notify).")
 @click.option("--read-only", is_flag=True, help="Refuse every write.")
 @click.option("--commit", default=None, metavar="ID", help="Mount this commit (read-only).")
-@click.option(
-    "--poll-interval",
-    default=15.0,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds between checks for a new head commit; 0 = never.",
-)
-@click.option(
-    "--upload-delay",
-    default=1.0,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds after the last close before a file is uploaded.",
-)
-@click.option(
-    "--cache-dir",
-    default=None,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Blob cache folder (shared by all mounts). Default: the user cache dir.",
-)
-@click.option("--cache-size", default=None, metavar="SIZE", help="Cache size, e.g. 10GiB.")
+@poll_option("Seconds between checks for a new head commit; 0 = never.")
+@upload_delay_option("Seconds after the last close before a file is uploaded.")
+@cache_options
 @server_options
 @click.pass_context
 def mount(

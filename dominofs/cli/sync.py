@@ -15,7 +15,14 @@ import click
 
 from ..errors import Unreachable
 from ..sync import SyncService, request_confirm_deletes
-from .common import parse_project, project_client, server_options
+from .common import (
+    parse_project,
+    poll_option,
+    project_client,
+    seconds_option,
+    server_options,
+    upload_delay_option,
+)
 
 
 @click.command("sync")
@@ -24,36 +31,24 @@ from .common import parse_project, project_client, server_options
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--once", is_flag=True, help="Reconcile both ways and exit (0 when in step).")
 @click.option("--pull", is_flag=True, help="Download the project into an empty DIR first.")
-@click.option(
-    "--upload-delay",
-    default=1.0,
-    show_default=True,
-    type=click.FloatRange(0, 3600),
-    help="Seconds a file must be quiet before it is uploaded.",
-)
-@click.option(
-    "--poll-interval",
-    default=15.0,
-    show_default=True,
-    type=click.FloatRange(0.5),
-    help="Seconds between checks for remote changes.",
-)
+@upload_delay_option("Seconds a file must be quiet before it is uploaded.", hi=3600)
+@poll_option("Seconds between checks for remote changes.", lo=0.5)
 @click.option(
     "--confirm-deletes", is_flag=True, help="Send the deletions the mass-delete guard is holding."
 )
-@click.option(
+@seconds_option(
     "--max-backoff",
-    default=10.0,
+    10.0,
+    "Longest wait between retries while the server is down.",
+    lo=0.1,
     hidden=True,
-    type=click.FloatRange(0.1),
-    help="Longest wait between retries while the server is down.",
 )
-@click.option(
+@seconds_option(
     "--once-timeout",
-    default=300.0,
+    300.0,
+    "With --once: give up waiting for the queue after this many seconds.",
+    lo=1,
     hidden=True,
-    type=click.FloatRange(1),
-    help="With --once: give up waiting for the queue after this many seconds.",
 )
 @click.pass_context
 def sync(

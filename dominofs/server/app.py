@@ -16,6 +16,7 @@ import base64
 import binascii
 import bisect
 import datetime
+import functools
 import json
 import logging
 import time
@@ -258,14 +259,15 @@ class Server:
         *args: Any,
     ) -> web.StreamResponse:
         """Count, check the method, authenticate, find the project, check access, call."""
-        request[STAT] = f"{method} {stat}"
-        injected = await fault_point(request, stat)
-        if injected is not None:
-            return injected
-        handler = handlers.get(method)
-        if handler is None:
-            allowed = ", ".join(sorted(handlers))
-            raise ApiError(405, f"method {request.method} not allowed here", {"Allow": allowed})
+        in_project: dict[str, Handler] = {
+            m: functools.partial(self._in_project, h, owner, name) for m, h in handlers.items()
+        }
+        return await self._call(request, method, stat, in_project, *args)
+
+    async def _in_project(
+        self, handler: Handler, owner: str, name: str, request: web.Request, *args: Any
+    ) -> web.StreamResponse:
+        """Authenticate, find the project, check access, then call `handler` with it."""
         user = self.authenticate(request)
         project = self.store.project(owner, name)
         if project is None:
@@ -392,16 +394,13 @@ class Server:
             raise ApiError(400, "an upload needs a file path after the project name")
         key, size = await self.store.blobs.ingest_stream(self._body_chunks(request))
         when = now_ms()
-        loop = asyncio.get_running_loop()
-        async with project.lock:
-            try:
-                changes: dict[str, FileEntry | None] = {path: FileEntry(key, size, when)}
-                await loop.run_in_executor(
-                    None, project.write_commit, changes, f"Added/Modified: {path}"
-                )
-            except Conflict as exc:
-                # 400, not 409: python-domino turns any 409 into "credentials expired".
-                raise ApiError(400, f"a file and a folder may not share a name: {exc}") from None
+        try:
+            # Group commit: returns once this upload's own commit is durable on disk.
+            changes: dict[str, FileEntry | None] = {path: FileEntry(key, size, when)}
+            await project.commit(changes, f"Added/Modified: {path}")
+        except Conflict as exc:
+            # 400, not 409: python-domino turns any 409 into "credentials expired".
+            raise ApiError(400, f"a file and a folder may not share a name: {exc}") from None
         url = f"{base_url(request)}/v1/projects/{project.owner}/{project.name}/blobs/{key}"
         body = {"path": path, "lastModified": when, "size": size, "key": key, "url": url}
         return json_response(body, status=201, headers={"Location": url})
@@ -414,15 +413,11 @@ class Server:
         path = file_path(segs)
         if not path:
             raise ApiError(400, "a deletion needs a file or folder path")
-        loop = asyncio.get_running_loop()
-        async with project.lock:
-            try:
-                changes: dict[str, FileEntry | None] = {path: None}
-                cid = await loop.run_in_executor(
-                    None, project.write_commit, changes, f"Deleted: {path}"
-                )
-            except NotFound:
-                raise ApiError(404, f"{path!r} not found in project {project.full_name}") from None
+        try:
+            changes: dict[str, FileEntry | None] = {path: None}
+            cid = await project.commit(changes, f"Deleted: {path}")
+        except NotFound:
+            raise ApiError(404, f"{path!r} not found in project {project.full_name}") from None
         return json_response({"path": path, "commitId": cid})
 
     async def content(self, request: web.Request, pid: str, segs: list[str]) -> web.StreamResponse:

@@ -88,16 +88,9 @@ _FALSE = ("0", "false", "no", "off")
 
 
 @dataclass
-class Rule:
-    """One parsed rule and its counters (`seen`: requests it matched, `hits`: ones it acted on)."""
+class Effects:
+    """What a fault does to one request: wait, answer with a status, drop or spoil the answer."""
 
-    text: str
-    route: str
-    method: str | None = None
-    rate: float = 1.0
-    seed: int | None = None
-    count: int | None = None
-    auth_after: int | None = None
     latency: float = 0.0
     stall: float = 0.0
     status: int | None = None
@@ -107,6 +100,19 @@ class Rule:
     late: float = 0.0
     truncate: bool = False
     flip: bool = False
+
+
+@dataclass(kw_only=True)
+class Rule(Effects):
+    """One parsed rule and its counters (`seen`: requests it matched, `hits`: ones it acted on)."""
+
+    text: str
+    route: str
+    method: str | None = None
+    rate: float = 1.0
+    seed: int | None = None
+    count: int | None = None
+    auth_after: int | None = None
     seen: int = 0
     hits: int = 0
     rng: random.Random = field(default_factory=random.Random, repr=False)
@@ -128,18 +134,8 @@ class Rule:
 
 
 @dataclass
-class Hit:
+class Hit(Effects):
     """What the rules that hit one request ask for, combined."""
-
-    latency: float = 0.0
-    stall: float = 0.0
-    status: int | None = None
-    retry_after: float | None = None
-    drop: bool = False
-    lose: bool = False
-    late: float = 0.0
-    truncate: bool = False
-    flip: bool = False
 
     def add(self, rule: Rule) -> None:
         self.latency += rule.latency

@@ -30,13 +30,14 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 CHUNK = 1 << 20
 COMMIT_CACHE_SIZE = 8
+SNAPSHOT_EVERY = 64  # a full file map on disk at least every this many commits
 
 README_TEXT = "# {name}\n\nA project served by the dominofs local server.\n"
 DOMINOIGNORE_TEXT = """\
@@ -115,12 +116,13 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def append_line(path: Path, line: str) -> None:
-    """Append one durable line (the caller holds the project lock)."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def fsync_dir(path: Path) -> None:
+    """Make the names in a directory (renames, new files) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class BlobStore:
@@ -142,8 +144,10 @@ class BlobStore:
         if dest.exists():
             os.unlink(tmp_path)
             return
-        dest.parent.mkdir(exist_ok=True)
-        os.replace(tmp_path, dest)
+        if not dest.parent.is_dir():
+            dest.parent.mkdir(exist_ok=True)
+            fsync_dir(self.root)
+        os.replace(tmp_path, dest)  # the commit that first uses key fsyncs dest.parent
 
     async def ingest_stream(self, chunks: AsyncIterator[bytes]) -> tuple[str, int]:
         """Stream chunks to a temp file while hashing; never holds the whole body in memory."""
@@ -219,13 +223,18 @@ class CommitInfo:
     message: str
 
 
-def commit_id_for(parent: str | None, when: int, message: str, files: FileMap) -> str:
-    """sha1 of the canonical commit record, so equal records get equal ids."""
+def commit_id_for(
+    parent: str | None, when: int, message: str, files: Mapping[str, FileEntry | None]
+) -> str:
+    """sha1 of the canonical commit record (its changes; None deletes): equal records, equal ids.
+
+    The parent id chains the whole history in, so the full file map need not be hashed.
+    """
     record = {
         "parent": parent,
         "time": when,
         "message": message,
-        "files": {p: list(files[p]) for p in sorted(files)},
+        "files": {p: None if e is None else list(e) for p, e in sorted(files.items())},
     }
     canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha1(canonical.encode("utf-8")).hexdigest()
@@ -266,6 +275,16 @@ class Project:
     _cache: OrderedDict[str, tuple[FileMap, list[str]]] = field(default_factory=OrderedDict)
     _cache_lock: threading.Lock = field(default_factory=threading.Lock)
     _folders: OrderedDict[str, set[str]] = field(default_factory=OrderedDict)
+    blob_root: Path = Path("blobs")  # the store's blobs/ folder (Store sets it)
+    # commit id -> its changes (None deletes), for commits whose log line carries them
+    _deltas: dict[str, dict[str, FileEntry | None]] = field(default_factory=dict)
+    # commit id -> how many commits back its nearest snapshot file is (0: it has one)
+    _depth: dict[str, int] = field(default_factory=dict)
+    _torn: bool = False  # commits.jsonl may end in a partial line
+    _pending: list[tuple[dict[str, FileEntry | None], str, asyncio.Future[str]]] = field(
+        default_factory=list
+    )
+    _committer: asyncio.Task[None] | None = None
 
     @property
     def full_name(self) -> str:
@@ -295,11 +314,42 @@ class Project:
             if hit is not None:
                 self._cache.move_to_end(commit)
                 return hit
-        raw = json.loads((self.dir / "commits" / f"{commit}.json").read_bytes())
-        files = {p: FileEntry(*v) for p, v in raw["files"].items()}
+        chain: list[dict[str, FileEntry | None]] = []
+        cur: str | None = commit
+        files: FileMap = {}
+        while cur is not None:
+            with self._cache_lock:
+                hit = self._cache.get(cur)
+            if hit is not None:
+                files = dict(hit[0])
+                break
+            snapshot = self._read_snapshot(cur) if self._depth.get(cur, 0) == 0 else None
+            if snapshot is not None:
+                files = snapshot
+                break
+            delta = self._deltas.get(cur)
+            info = self.index.get(cur)
+            if delta is None or info is None:
+                raise NotFound(f"commit {cur!r} of project {self.full_name} cannot be read")
+            chain.append(delta)
+            cur = info.parent
+        for delta in reversed(chain):
+            for path, change in delta.items():
+                if change is None:
+                    files.pop(path, None)
+                else:
+                    files[path] = change
         entry = (files, sorted(files))
         self._remember(commit, entry)
         return entry
+
+    def _read_snapshot(self, commit: str) -> FileMap | None:
+        """The full file map stored in commits/<commit>.json, or None if there is none."""
+        try:
+            raw = json.loads((self.dir / "commits" / f"{commit}.json").read_bytes())
+            return {p: FileEntry(*v) for p, v in raw["files"].items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def folders(self, commit: str) -> set[str]:
         """Every folder of a commit (cached; do not mutate the returned set)."""
@@ -324,82 +374,212 @@ class Project:
             while len(self._folders) > COMMIT_CACHE_SIZE:
                 self._folders.popitem(last=False)
 
+    async def commit(self, changes: dict[str, FileEntry | None], message: str) -> str:
+        """Queue changes as one new commit and wait until it is durable; returns its id.
+
+        Group commit: while one batch is being written and fsynced, further requests queue up;
+        the next batch makes each of them its own commit (a chain, in arrival order) and pays
+        for one fsync pass and one head update. Raises Conflict / NotFound like write_commit.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[str] = loop.create_future()
+        self._pending.append((changes, message, fut))
+        if self._committer is None or self._committer.done():
+            self._committer = loop.create_task(self._commit_loop())
+        return await asyncio.shield(fut)
+
+    async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            async with self.lock:
+                batch, self._pending = self._pending, []
+                try:
+                    items = [(changes, message) for changes, message, _ in batch]
+                    results = await loop.run_in_executor(None, self.write_commits, items)
+                except BaseException as exc:  # the whole batch failed (I/O error)
+                    for _, _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+            for (_, _, fut), result in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+
     def write_commit(self, changes: dict[str, FileEntry | None], message: str) -> str:
         """Apply changes (None deletes) on top of head as one new commit; returns its id.
 
         The caller holds self.lock. Blocking (JSON + fsync): run it in an executor.
         Raises Conflict for a file/folder clash, NotFound when deleting what is not there.
         """
-        base, _ = self.files(self.head) if self.head else ({}, [])
+        (result,) = self.write_commits([(changes, message)])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def write_commits(
+        self, batch: list[tuple[dict[str, FileEntry | None], str]]
+    ) -> list[str | Exception]:
+        """Make each (changes, message) its own commit, chained on head, durable together.
+
+        The caller holds self.lock; blocking. An item that clashes (Conflict) or deletes what is
+        not there (NotFound) gets that exception instead of an id and makes no commit. Each
+        commit is one line of commits.jsonl holding its changes (every SNAPSHOT_EVERY-th also
+        gets a full file map in commits/<id>.json); the batch's lines, the new keys and HEAD are
+        fsynced once for the whole batch. Nothing in memory changes unless all of it is durable.
+        """
+        head = self.head or None
+        base, _ = self.files(head) if head else ({}, [])
         files = dict(base)
-        deletions = [path for path, entry in changes.items() if entry is None]
-        for path in deletions:
-            self._delete(files, path)
-        folders = (
-            folders_of(files) if deletions else set(self.folders(self.head) if self.head else ())
-        )
-        for path, entry in changes.items():
-            if entry is None:
+        folders = set(self.folders(head)) if head else set()
+        results: list[str | Exception] = []
+        lines: list[str] = []
+        new: list[tuple[CommitInfo, dict[str, FileEntry | None], int]] = []
+        snapshots: list[tuple[str, dict[str, Any]]] = []
+        new_keys: set[str] = set()
+        parent = head
+        depth = self._depth.get(head, 0) if head else 0
+        for changes, message in batch:
+            try:
+                delta, folders = self._apply(files, changes, folders)
+            except (Conflict, NotFound) as exc:
+                results.append(exc)
+                folders = folders_of(files)
                 continue
-            if path not in files:
-                check_shape(files, folders, path)
-                folders.update(parents(path))
-            files[path] = entry
-        cid = self._store_commit(files, message)
-        self._remember_folders(cid, folders)
-        return cid
+            when = now_ms()
+            cid = commit_id_for(parent, when, message, delta)
+            depth = 0 if parent is None or depth + 1 >= SNAPSHOT_EVERY else depth + 1
+            record: dict[str, Any] = {
+                "id": cid,
+                "parent": parent,
+                "time": when,
+                "message": message,
+                "changes": {p: None if e is None else list(e) for p, e in delta.items()},
+            }
+            if depth == 0:
+                record["snapshot"] = True
+                full: dict[str, Any] = {"id": cid, "parent": parent, "time": when}
+                full["message"] = message
+                full["files"] = {p: list(e) for p, e in files.items()}
+                snapshots.append((cid, full))
+            lines.append(json.dumps(record) + "\n")
+            new_keys |= {e.key for e in delta.values() if e is not None and e.key not in self.keys}
+            new.append((CommitInfo(cid, parent, when, message), delta, depth))
+            results.append(cid)
+            parent = cid
+        if not new:
+            return results
+        self._persist(lines, snapshots, new_keys, new[-1][0].id)
+        for info, delta, d in new:
+            self.index[info.id] = info
+            self._deltas[info.id] = delta
+            self._depth[info.id] = d
+        self.keys |= new_keys
+        self.head = new[-1][0].id
+        self._remember(self.head, (files, sorted(files)))
+        self._remember_folders(self.head, folders)
+        return results
 
-    @staticmethod
-    def _delete(files: FileMap, path: str) -> None:
-        if path in files:
-            del files[path]
-            return
-        prefix = path + "/"
-        doomed = [p for p in files if p.startswith(prefix)]
-        if not doomed:
-            raise NotFound(f"{path!r} not found")
-        for p in doomed:
-            del files[p]
+    def _apply(
+        self, files: FileMap, changes: dict[str, FileEntry | None], folders: set[str]
+    ) -> tuple[dict[str, FileEntry | None], set[str]]:
+        """Apply changes to files in place (all or nothing); returns the explicit delta.
 
-    def _store_commit(self, files: FileMap, message: str) -> str:
-        parent = self.head or None
-        when = now_ms()
-        cid = commit_id_for(parent, when, message, files)
-        record = {
-            "id": cid,
-            "parent": parent,
-            "time": when,
-            "message": message,
-            "files": {p: list(e) for p, e in files.items()},
-        }
-        write_atomic(self.dir / "commits" / f"{cid}.json", json.dumps(record).encode("utf-8"))
-        new_keys = {e.key for e in files.values()} - self.keys
+        folders is the folder set of files before, updated in place; a deletion makes a new one,
+        so use the returned set. After an exception, files is as it was but folders is not.
+        """
+        deletions = [path for path, entry in changes.items() if entry is None]
+        removed: dict[str, FileEntry] = {}
+        for path in deletions:
+            doomed = [path] if path in files else [p for p in files if p.startswith(path + "/")]
+            if not doomed:
+                files.update(removed)
+                raise NotFound(f"{path!r} not found")
+            for p in doomed:
+                removed[p] = files.pop(p)
+        if deletions:
+            folders = folders_of(files)
+        delta: dict[str, FileEntry | None] = {p: None for p in removed}
+        added: list[str] = []
+        try:
+            for path, entry in changes.items():
+                if entry is None:
+                    continue
+                if path not in files:
+                    check_shape(files, folders, path)
+                    folders.update(parents(path))
+                    added.append(path)
+                else:
+                    removed.setdefault(path, files[path])
+                files[path] = entry
+                delta[path] = entry
+        except Conflict:
+            for p in added:
+                del files[p]
+            files.update(removed)
+            raise
+        return delta, folders
+
+    def _persist(
+        self,
+        lines: list[str],
+        snapshots: list[tuple[str, dict[str, Any]]],
+        new_keys: set[str],
+        head: str,
+    ) -> None:
+        """Make a batch durable: snapshots, blob folders, keys, the log lines, then HEAD."""
+        for cid, full in snapshots:
+            write_atomic(self.dir / "commits" / f"{cid}.json", json.dumps(full).encode("utf-8"))
         if new_keys:
+            # The blobs were renamed into place by their uploads; make those names durable.
+            for folder in sorted({key[:2] for key in new_keys}):
+                fsync_dir(self.blob_root / folder)
             with open(self.dir / "keys.txt", "a", encoding="ascii") as f:
                 f.write("".join(k + "\n" for k in sorted(new_keys)))
                 f.flush()
                 os.fsync(f.fileno())
-            self.keys |= new_keys
-        info = CommitInfo(cid, parent, when, message)
-        append_line(self.dir / "commits.jsonl", json.dumps(info.__dict__))
-        write_atomic(self.dir / "HEAD", cid.encode("ascii"))
-        self.index[cid] = info
-        self.head = cid
-        self._remember(cid, (files, sorted(files)))
-        return cid
+        with open(self.dir / "commits.jsonl", "a", encoding="utf-8") as f:
+            # After a torn line (crash or failed write mid-append) start on a fresh line.
+            f.write(("\n" if self._torn else "") + "".join(lines))
+            self._torn = True
+            f.flush()
+            os.fsync(f.fileno())
+            self._torn = False
+        write_atomic(self.dir / "HEAD", head.encode("ascii"))
+        fsync_dir(self.dir)
 
     def load(self) -> None:
-        """Read the commit index, head and key set back from disk."""
+        """Read the commit index, head and key set back from disk.
+
+        Lines written before group commit carry no "changes": their commits/<id>.json holds the
+        full file map. Newer lines carry the commit's changes (a snapshot file only sometimes).
+        """
         index_path = self.dir / "commits.jsonl"
         if index_path.exists():
-            for line in index_path.read_text(encoding="utf-8").splitlines():
+            text = index_path.read_text(encoding="utf-8")
+            self._torn = bool(text) and not text.endswith("\n")
+            for line in text.splitlines():
                 try:
                     raw = json.loads(line)
-                except ValueError:
-                    continue  # a torn last line from a crash mid-append: its HEAD never moved
-                self.index[raw["id"]] = CommitInfo(
-                    raw["id"], raw["parent"], raw["time"], raw["message"]
-                )
+                    info = CommitInfo(raw["id"], raw["parent"], raw["time"], raw["message"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn line from a crash mid-append: its HEAD never moved
+                self.index[info.id] = info
+                changes = raw.get("changes")
+                if changes is None or raw.get("snapshot"):
+                    self._depth[info.id] = 0
+                else:
+                    parent_depth = self._depth.get(info.parent or "", 0)
+                    self._depth[info.id] = parent_depth + 1
+                if changes is not None:
+                    self._deltas[info.id] = {
+                        p: None if v is None else FileEntry(*v) for p, v in changes.items()
+                    }
         head_path = self.dir / "HEAD"
         if head_path.exists():
             self.head = head_path.read_text(encoding="ascii").strip()
@@ -443,6 +623,7 @@ class Store:
                 project = Project(
                     p["id"], owner, name, store.root / "projects" / p["id"], p["created"]
                 )
+                project.blob_root = store.blobs.root
                 project.load()
                 store.projects[full] = project
         return store
@@ -495,7 +676,8 @@ class Store:
         for path, text in ((".dominoignore", DOMINOIGNORE_TEXT), ("README.md", readme)):
             key, size = self.blobs.ingest_bytes(text.encode("utf-8"))
             files[path] = FileEntry(key, size, when)
-        project._store_commit(files, "Initial commit")
+        project.blob_root = self.blobs.root
+        project.write_commit(dict(files), "Initial commit")
         self.projects[full_name] = project
         self._save_meta()
         return project

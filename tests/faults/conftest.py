@@ -6,14 +6,17 @@ ends with no faults in force.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
 
+from dominofs.api import ProjectClient
 from tests.conftest import LocalServer
+from tests.harness import wait_for
+
+__all__ = ["Faults", "faults", "history_of", "wait_for"]
 
 
 class Faults:
@@ -54,16 +57,11 @@ def faults(server: LocalServer) -> Iterator[Faults]:
         f.clear()
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll `cond` until it is truthy; a generous deadline, a quick poll."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = cond()
-        except OSError as exc:
-            last = exc
-        if last and not isinstance(last, BaseException):
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: last={last!r}")
+def history_of(remote: ProjectClient, path: str) -> list[str]:
+    """The distinct keys `path` had, commit by commit, oldest first (a re-send adds none)."""
+    keys: list[str] = []
+    for cid in reversed(remote.commits()):
+        key = next((f.key for f in remote.list_files(cid, path) if f.path == path), None)
+        if key is not None and (not keys or keys[-1] != key):
+            keys.append(key)
+    return keys

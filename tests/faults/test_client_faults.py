@@ -22,7 +22,7 @@ from dominofs.cache import BlobCache
 from dominofs.models import RunRequest
 from tests.conftest import ALICE_KEY, LocalServer
 
-from .conftest import Faults, wait_for
+from .conftest import Faults, history_of, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +52,6 @@ def upload(remote: ProjectClient, path: str, data: bytes) -> str:
 
 def blob(remote: ProjectClient, key: str) -> bytes:
     return b"".join(remote.iter_blob(key))
-
-
-def history_of(remote: ProjectClient, path: str) -> list[str]:
-    """The keys `path` had in each commit where it changed, oldest first."""
-    keys: list[str] = []
-    for cid in reversed(remote.commits()):
-        key = next((f.key for f in remote.list_files(cid, path) if f.path == path), None)
-        if key is not None and (not keys or keys[-1] != key):
-            keys.append(key)
-    return keys
 
 
 @pytest.mark.parametrize(

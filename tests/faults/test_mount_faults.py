@@ -91,23 +91,15 @@ def test_a_transient_blob_fault_is_retried_invisibly(menv: Env, faults: Faults, 
     assert faults.hits() >= 1
 
 
-FLIP_BUG = (
-    "vfs bug: pages read before the hash check (here the flipped middle byte; seen for files "
-    "of 16 KB and 1 MiB) stay in the kernel page cache, and the next open of the same key gets "
-    "keep_cache, so the corrupt bytes are shown again after the fault clears; vfs must not "
-    "grant keep_cache for a key whose download failed (or must invalidate the inode's pages)"
-)
-
-
 @pytest.mark.parametrize(
     ("spec", "size"),
     [
         ("blobs:status=500", 1 << 20),
         ("blobs:truncate=1", 1 << 20),
         ("blobs:flip=1", 4000),  # one page, one read: nothing is served before the hash check
-        pytest.param(
-            "blobs:flip=1", 1 << 20, marks=pytest.mark.xfail(reason=FLIP_BUG, strict=False)
-        ),
+        # Pages served before the hash check must not survive it (no keep_cache on the next
+        # open; the kernel drops the inode's pages when the download fails).
+        ("blobs:flip=1", 1 << 20),
     ],
     ids=["lasting-500", "truncated", "flipped-byte-small", "flipped-byte-large"],
 )

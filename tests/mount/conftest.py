@@ -1,4 +1,8 @@
-"""Real FUSE mounts of the real local server, each in its own process, always unmounted."""
+"""Real FUSE mounts of the real local server, each in its own process, always unmounted.
+
+The process side (start, wait until it answers, unmount, kill) is tests/harness.py; the names it
+exports are re-exported here for the tests that import them from this module.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,8 @@ import io
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,46 +19,19 @@ import pytest
 
 from dominofs.api import DominoClient, ProjectClient
 from tests.conftest import ALICE_KEY, LocalServer
+from tests.harness import (
+    Mount,
+    answers,
+    force_unmount,
+    fuse_available,
+    start_mount,
+    stop_mount,
+    wait_for,
+)
+
+__all__ = ["Env", "Mount", "answers", "force_unmount", "fuse_available", "fuse_env", "wait_for"]
 
 pytestmark = pytest.mark.fuse
-
-
-def fuse_available() -> bool:
-    return os.path.exists("/dev/fuse") and (
-        subprocess.run(["which", "fusermount3"], capture_output=True, check=False).returncode == 0
-    )
-
-
-@dataclass
-class Mount:
-    path: Path
-    proc: subprocess.Popen[bytes] | None
-    log: Path
-
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-
-
-def answers(path: Path) -> bool:
-    try:
-        # statvfs reaches the daemon: a dead mount fails it with ENOTCONN.
-        return os.path.ismount(path) and os.statvfs(path) is not None
-    except OSError:
-        return False
-
-
-def force_unmount(path: Path) -> None:
-    for flag in ("-u", "-uz"):
-        try:
-            os.statvfs(path)
-            if not os.path.ismount(path):
-                return
-        except OSError:
-            pass  # ENOTCONN: a dead mount, unmount it
-        subprocess.run(["fusermount3", flag, str(path)], capture_output=True, check=False)
 
 
 @dataclass
@@ -90,39 +67,22 @@ class Env:
     ) -> Mount:
         """`dominofs mount --foreground` in its own process; returns once the mount answers."""
         mp = self.root / name
-        mp.mkdir(exist_ok=True)
-        log = self.root / f"{name}-{len(self.mounts)}.log"
-        with open(log, "wb") as fh:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "dominofs", "-v", "mount", "--foreground",
-                 project, str(mp), *extra],
-                env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=fh,
-                start_new_session=True,
-            )  # fmt: skip
-        m = Mount(mp, proc, log)
+        argv = [sys.executable, "-m", "dominofs", "-v", "mount", "--foreground",
+                project, str(mp), *extra]  # fmt: skip
+        m = start_mount(argv, mp, self.root / f"{name}-{len(self.mounts)}.log", self.env, wait=wait)
         self.mounts.append(m)
-        if wait:
-            deadline = time.monotonic() + 30
-            while not answers(mp):
-                if proc.poll() is not None:
-                    raise AssertionError(f"mount exited {proc.returncode}: {m.log_text()}")
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"mount did not answer: {m.log_text()}")
-                time.sleep(0.05)
         return m
 
     def unmount(self, m: Mount) -> None:
-        force_unmount(m.path)
-        if m.proc is not None:
-            try:
-                m.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                m.proc.kill()
-                m.proc.wait(10)
+        stop_mount(m)
 
 
-@pytest.fixture
-def fenv(server: LocalServer, tmp_path: Path) -> Iterator[Env]:
+@contextmanager
+def fuse_env(
+    server: LocalServer, tmp_path: Path, project: str = "alice/demo", **extra_env: str
+) -> Iterator[Env]:
+    """An Env on `server`'s `project` (skipping without FUSE), with `extra_env` for its mounts;
+    every mount it made is stopped on exit."""
     if not fuse_available():
         pytest.skip("needs /dev/fuse and fusermount3")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOMINO", "NOTIFY_SOCKET"))}
@@ -132,9 +92,10 @@ def fenv(server: LocalServer, tmp_path: Path) -> Iterator[Env]:
         DOMINOFS_STATE_DIR=str(tmp_path / "state"),
         DOMINOFS_CACHE_DIR=str(tmp_path / "cache"),
         XDG_CONFIG_HOME=str(tmp_path / "config"),
+        **extra_env,
     )
     client = DominoClient(server.url, ALICE_KEY)
-    e = Env(server, tmp_path, env, [], client.project("alice/demo"))
+    e = Env(server, tmp_path, env, [], client.project(project))
     try:
         yield e
     finally:
@@ -143,19 +104,7 @@ def fenv(server: LocalServer, tmp_path: Path) -> Iterator[Env]:
         client.close()
 
 
-Wait = Callable[..., object]
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> object:
-    """Poll `predicate` until it returns something truthy (never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except OSError as exc:
-            last = exc
-        if last and not isinstance(last, BaseException):
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what or predicate}: last={last!r}")
+@pytest.fixture
+def fenv(server: LocalServer, tmp_path: Path) -> Iterator[Env]:
+    with fuse_env(server, tmp_path) as e:
+        yield e

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dominofs.api import DominoClient
-from tests.conftest import ALICE_KEY, LocalServer
-from tests.mount.conftest import Env, fuse_available, wait_for
+from tests.conftest import LocalServer
+from tests.mount.conftest import Env, fuse_available, fuse_env, wait_for
 from tests.mount.test_write import MountHarness
 
 pytestmark = [pytest.mark.fuse, pytest.mark.timeout(90)]
@@ -114,25 +113,10 @@ def test_chmod_survives_remount(fenv: Env) -> None:
 
 @pytest.fixture
 def nodelete_env(make_server: Callable[..., LocalServer], tmp_path: Path) -> Iterator[Env]:
-    if not fuse_available():
+    if not fuse_available():  # before starting a server it would not use
         pytest.skip("needs /dev/fuse and fusermount3")
-    srv = make_server("--no-delete", name="nodelete")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOMINO", "NOTIFY_SOCKET"))}
-    env.update(
-        DOMINO_API_HOST=srv.url,
-        DOMINO_USER_API_KEY=ALICE_KEY,
-        DOMINOFS_STATE_DIR=str(tmp_path / "state"),
-        DOMINOFS_CACHE_DIR=str(tmp_path / "cache"),
-        XDG_CONFIG_HOME=str(tmp_path / "config"),
-    )
-    client = DominoClient(srv.url, ALICE_KEY)
-    e = Env(srv, tmp_path, env, [], client.project("alice/demo"))
-    try:
+    with fuse_env(make_server("--no-delete", name="nodelete"), tmp_path) as e:
         yield e
-    finally:
-        for m in e.mounts:
-            e.unmount(m)
-        client.close()
 
 
 def test_no_delete_server_keeps_deletion_local(nodelete_env: Env) -> None:

@@ -17,13 +17,18 @@ from tests.mount.test_write import MountHarness
 pytestmark = [pytest.mark.fuse, pytest.mark.timeout(90)]
 
 
-@pytest.fixture
-def mnt(fenv: Env) -> MountHarness:
+def doc_mount(fenv: Env) -> MountHarness:
+    """A mount holding /doc.txt ("line1"), settled, with the server's request counts reset."""
     h = MountHarness(fenv)
     h.write("/doc.txt", b"line1\n")
     h.settled()
     h.server.reset_stats()
     return h
+
+
+@pytest.fixture
+def mnt(fenv: Env) -> MountHarness:
+    return doc_mount(fenv)
 
 
 def run(*argv: str, cwd: Path | None = None) -> None:

@@ -48,10 +48,13 @@ def test_background_mount_and_umount(fenv: Env) -> None:
     fenv.put("bg.txt", b"background")
     mp = fenv.root / "bg"
     mp.mkdir()
+    fenv.server.reset_stats()
     r = fenv.cli("mount", "alice/demo", str(mp))
     assert r.returncode == 0, r.stderr
     try:
         assert answers(mp)
+        # The check before mounting asks for the head commit only: one listing in all.
+        assert fenv.server.requests_count("GET files") == 1
         assert (mp / "bg.txt").read_bytes() == b"background"
         pids = [
             int(p) for p in os.listdir("/proc") if p.isdigit() and _cmdline(int(p)).count(str(mp))

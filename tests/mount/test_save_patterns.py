@@ -17,7 +17,7 @@ import pytest
 from dominofs.api import DominoClient
 from tests.conftest import ALICE_KEY
 from tests.mount.conftest import Env, wait_for
-from tests.mount.test_editors import check_once
+from tests.mount.test_editors import check_once, doc_mount
 from tests.mount.test_write import MountHarness
 
 pytestmark = [pytest.mark.fuse, pytest.mark.timeout(90)]
@@ -30,11 +30,7 @@ TEMP = re.compile(
 
 @pytest.fixture
 def mnt(fenv: Env) -> MountHarness:
-    h = MountHarness(fenv)
-    h.write("/doc.txt", b"line1\n")
-    h.settled()
-    h.server.reset_stats()
-    return h
+    return doc_mount(fenv)
 
 
 def run(*argv: str, cwd: Path | None = None) -> None:

@@ -1,8 +1,7 @@
-"""Big projects stay fast: a 50,000-file commit lists in well under a second."""
+"""Big projects: a 50,000-file commit lists whole, filters by prefix and takes uploads."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
@@ -15,10 +14,13 @@ N_FILES = 50_000
 
 
 @pytest.mark.slow
-def test_listing_50k_files_under_a_second(start_server: Callable[..., Srv]) -> None:
+def test_50k_file_commit_lists_filters_and_takes_uploads(
+    start_server: Callable[..., Srv],
+) -> None:
+    # How fast this is lives in scripts/bench.py (a figure, not a timed test).
     server = start_server()  # creates the data dir with alice/demo
     server.stop()
-    store = Store.open(server.data)
+    store = Store.open(server.data_dir)
     project = store.project("alice", "demo")
     assert project is not None
     key, size = store.blobs.ingest_bytes(b"tiny")
@@ -30,18 +32,16 @@ def test_listing_50k_files_under_a_second(start_server: Callable[..., Srv]) -> N
     server.start()
     with server.session(ALICE) as s:
         head = s.get(f"{server.project_url()}/commits").json()[0]
-        for attempt in range(2):  # cold (read from disk) and warm (cached)
-            started = time.monotonic()
+        for _ in range(2):  # cold (read from disk) and warm (cached) answers agree
             r = s.get(f"{server.project_url()}/files/{head}//")
-            elapsed = time.monotonic() - started
             assert r.status_code == 200
-            assert len(r.json()["data"]) == N_FILES + 2
-            assert elapsed < 1.0, f"attempt {attempt}: {elapsed:.2f}s"
-        started = time.monotonic()
+            paths = [e["path"] for e in r.json()["data"]]
+            assert len(paths) == N_FILES + 2
+            assert paths == sorted(paths)
         sub = s.get(f"{server.project_url()}/files/{head}/data/d007").json()["data"]
-        assert time.monotonic() - started < 1.0
         assert len(sub) == 1000
-        # an upload on top of the big head also stays quick
-        started = time.monotonic()
+        assert all(e["path"].startswith("data/d007/") for e in sub)
         s.put(f"{server.project_url()}/one-more.txt", data=b"x").raise_for_status()
-        assert time.monotonic() - started < 2.0
+        new_head = s.get(f"{server.project_url()}/commits").json()[0]
+        after = s.get(f"{server.project_url()}/files/{new_head}//").json()["data"]
+        assert len(after) == N_FILES + 3

@@ -225,8 +225,32 @@ def test_empty_blob_needs_no_download(tmp_path: Path) -> None:
 
 
 def test_cache_dir_is_private(tmp_path: Path) -> None:
+    key, data = blob(MiB)
+    cache = make(tmp_path, FakeFetcher({key: data}))
+    assert read_all(cache, key, len(data)) == data
+    assert cache.contains(key)
+    root = tmp_path / "cache"
+    modes = {str(root): root.stat().st_mode & 0o777}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            modes[os.path.relpath(path, root)] = os.stat(path).st_mode & 0o777
+    assert any(p.startswith("blobs/") and p.count("/") >= 3 for p in modes)  # a blob file
+    assert "blobs/cache.db" in modes
+    wrong = {
+        p: oct(m) for p, m in modes.items() if m != (0o700 if os.path.isdir(root / p) else 0o600)
+    }
+    assert not wrong, wrong
+    cache.close()
+
+
+def test_an_existing_index_is_made_private(tmp_path: Path) -> None:
     cache = make(tmp_path, FakeFetcher({}))
-    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
+    cache.close()
+    db = tmp_path / "cache" / "blobs" / "cache.db"
+    os.chmod(db, 0o644)
+    cache = make(tmp_path, FakeFetcher({}))
+    assert db.stat().st_mode & 0o777 == 0o600
     cache.close()
 
 

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,6 +166,7 @@ def test_keep_cache_only_while_the_key_is_unchanged(remote: ProjectClient, tmp_p
     put(remote, "k.txt", b"v1")
     vfs = make_vfs(remote, tmp_path)
     first = vfs.open("/k.txt", os.O_RDONLY)
+    assert vfs.read(first.fh, 10, 0) == b"v1"  # the whole blob: verified and cached
     second = vfs.open("/k.txt", os.O_RDONLY)
     assert not first.keep_cache
     assert second.keep_cache
@@ -177,11 +179,63 @@ def test_keep_cache_only_while_the_key_is_unchanged(remote: ProjectClient, tmp_p
         vfs.release(o.fh)
     fourth = vfs.open("/k.txt", os.O_RDONLY)
     assert not fourth.keep_cache  # pages of v1 may linger: drop them
+    assert vfs.read(fourth.fh, 10, 0) == b"v2"
     fifth = vfs.open("/k.txt", os.O_RDONLY)
     assert fifth.keep_cache
     vfs.release(fourth.fh)
     vfs.release(fifth.fh)
     vfs.close()
+
+
+def test_no_keep_cache_for_bytes_not_verified_yet(remote: ProjectClient, tmp_path: Path) -> None:
+    data = os.urandom(1 << 20)
+    put(remote, "big.bin", data)
+    flip = [True]
+    gate = threading.Event()
+
+    def fetch(key: str, offset: int) -> Iterator[bytes]:
+        for i, chunk in enumerate(remote.iter_blob(key, offset=offset, chunk_size=65536)):
+            if flip[0] and i == 1:
+                assert gate.wait(20)  # the first chunk is served before the hash check
+                chunk = bytes([chunk[0] ^ 1]) + chunk[1:]
+            yield chunk
+
+    head = remote.head_commit()
+    cache = BlobCache(tmp_path / "cache", size_limit=1 << 30, fetch=fetch, wait_timeout=20)
+    vfs = VFS(remote, cache, Tree(head, remote.list_files(head)), poll_interval=0)
+    dropped: list[list[str]] = []
+    vfs.invalidate = lambda paths: dropped.append(list(paths))
+    for _ in range(2):
+        gate.clear()
+        o = vfs.open("/big.bin", os.O_RDONLY)
+        assert not o.keep_cache  # the pages may hold bytes of a download that failed
+        assert vfs.read(o.fh, 65536, 0) == data[:65536]
+        gate.set()
+        with pytest.raises(DominoError) as info:
+            read_file_fh(vfs, o.fh)
+        assert info.value.errno == errno.EIO
+        vfs.release(o.fh)
+        assert ["/big.bin"] in dropped  # the kernel is told to drop the inode's pages
+        dropped.clear()
+    flip[0] = False
+    o = vfs.open("/big.bin", os.O_RDONLY)
+    assert not o.keep_cache  # downloading again
+    assert read_file_fh(vfs, o.fh) == data
+    vfs.release(o.fh)
+    o = vfs.open("/big.bin", os.O_RDONLY)
+    assert o.keep_cache  # complete and verified: pages of this key are good
+    vfs.release(o.fh)
+    assert not dropped
+    vfs.close()
+    cache.close()
+
+
+def read_file_fh(vfs: VFS, fh: int) -> bytes:
+    out, off = bytearray(), 0
+    while chunk := vfs.read(fh, 65536, off):
+        out += chunk
+        off += len(chunk)
+    return bytes(out)
 
 
 def test_pinned_commit_is_read_only_and_never_refreshes(
