@@ -10,6 +10,7 @@ The API key lives only in the session's headers: never in a URL, a message or a 
 from __future__ import annotations
 
 import email.utils
+import http.client
 import json
 import logging
 import random
@@ -275,7 +276,7 @@ class ProjectClient:
         data = self.client.get_json(url, what=what)
         return parse_listing(data, host=self.host, what=what)
 
-    def iter_blob(self, key: str, *, offset: int = 0, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    def iter_blob(self, key: str, *, offset: int = 0, chunk_size: int = 1 << 20) -> BlobStream:
         """Stream a blob from `offset` (a Range request; skipped locally if Range is ignored).
 
         Raises:
@@ -542,24 +543,139 @@ def _json(resp: requests.Response, host: str, what: str) -> Any:
 
 def _stream(
     resp: requests.Response, *, offset: int, chunk_size: int, host: str, what: str
-) -> Iterator[bytes]:
-    try:
+) -> BlobStream:
+    return BlobStream(resp, offset=offset, chunk_size=chunk_size, host=host, what=what)
+
+
+class BlobStream(Iterator[bytes]):
+    """A blob's bytes from a streamed GET: an iterator of `bytes` chunks, or `readinto`.
+
+    `readinto(buffer)` fills a caller's buffer straight from the socket (no bytes object per
+    chunk; the blob cache uses it); iteration yields chunks of up to `chunk_size`. Use one or the
+    other. Errors are errors.* (Unreachable, ServerError), raised while reading. `close` (also on
+    exhaustion or error) releases the connection. A body whose Range was ignored (200 to a
+    request with an offset) has its first `offset` bytes skipped locally.
+    """
+
+    __slots__ = ("_chunks", "_fp", "_host", "_pending", "_resp", "_skip", "_what", "chunk_size")
+
+    def __init__(
+        self, resp: requests.Response, *, offset: int, chunk_size: int, host: str, what: str
+    ) -> None:
+        self._resp: requests.Response | None = resp
+        self.chunk_size = chunk_size
+        self._host = host
+        self._what = what
+        self._chunks: Iterator[bytes] | None = None
+        self._skip = offset if (offset > 0 and resp.status_code == 200) else 0
+        self._fp: Any = None
+        self._pending = b""
         if resp.status_code == 416:
-            return  # asked for bytes at or past the end: there are none
-        skip = offset if (offset > 0 and resp.status_code == 200) else 0
-        for chunk in _body_chunks(resp, chunk_size):
-            if skip:
-                if len(chunk) <= skip:
-                    skip -= len(chunk)
-                    continue
-                chunk, skip = chunk[skip:], 0
-            yield chunk
-    except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.TimeoutError) as exc:
-        raise Unreachable(f"cannot read from {host} ({what}): {_why(exc)}") from None
-    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-        raise ServerError(f"{host} ({what}): download broke off: {_why(exc)}") from None
-    finally:
-        resp.close()
+            self.close()  # asked for bytes at or past the end: there are none
+        elif _identity(resp) and resp.headers.get("Content-Length") is not None:
+            # http.client's response under urllib3's: its readinto is a recv_into the caller's
+            # buffer (urllib3's own readinto reads a bytes object and copies it).
+            fp = getattr(resp.raw, "_fp", None)
+            if fp is not None and getattr(fp, "length", None) is not None:
+                self._fp = fp
+
+    def __iter__(self) -> BlobStream:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._resp is None:
+            raise StopIteration
+        if self._chunks is None:
+            self._chunks = _body_chunks(self._resp, self.chunk_size)
+        try:
+            while True:
+                chunk = next(self._chunks)
+                if self._skip:
+                    if len(chunk) <= self._skip:
+                        self._skip -= len(chunk)
+                        continue
+                    chunk, self._skip = chunk[self._skip :], 0
+                return chunk
+        except StopIteration:
+            self.close()
+            raise
+        except BaseException as exc:
+            self.close()
+            raise self._mapped(exc) from None
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        """Fill up to len(buffer) bytes; 0 at the end of the blob. Raises errors.*."""
+        resp = self._resp
+        if resp is None or not len(buffer):
+            return 0
+        if self._fp is None:
+            return self._readinto_chunks(buffer)
+        try:
+            while self._skip:
+                view = memoryview(buffer)[: min(len(buffer), self._skip)]
+                n = self._recv(view)
+                self._skip -= n
+            n = self._recv(buffer)
+        except BaseException as exc:
+            self.close()
+            raise self._mapped(exc) from None
+        if n == 0:
+            self.close()
+        return n
+
+    def _recv(self, buffer: bytearray | memoryview) -> int:
+        fp = self._fp
+        remaining = fp.length
+        n = fp.readinto(buffer)
+        if not n and remaining:
+            raise urllib3.exceptions.ProtocolError(
+                f"Connection broken: IncompleteRead({remaining} bytes missing)"
+            )
+        return int(n)
+
+    def _readinto_chunks(self, buffer: bytearray | memoryview) -> int:
+        # A chunked or encoded body: copy from the iterator, keeping what does not fit.
+        chunk = self._pending or next(self, b"")
+        n = min(len(chunk), len(buffer))
+        buffer[:n] = chunk[:n]
+        self._pending = chunk[n:]
+        return n
+
+    def close(self) -> None:
+        resp, self._resp = self._resp, None
+        self._fp = None
+        if resp is not None:
+            resp.close()
+
+    def _mapped(self, exc: BaseException) -> BaseException:
+        host, what = self._host, self._what
+        if isinstance(exc, DominoError):
+            return exc
+        if isinstance(
+            exc,
+            (
+                requests.ConnectionError,
+                requests.Timeout,
+                urllib3.exceptions.TimeoutError,
+                TimeoutError,
+            ),
+        ):
+            return Unreachable(f"cannot read from {host} ({what}): {_why(exc)}")
+        if isinstance(
+            exc,
+            (
+                requests.RequestException,
+                urllib3.exceptions.HTTPError,
+                OSError,
+                http.client.HTTPException,
+            ),
+        ):
+            return ServerError(f"{host} ({what}): download broke off: {_why(exc)}")
+        return exc
+
+
+def _identity(resp: requests.Response) -> bool:
+    return resp.headers.get("Content-Encoding", "identity").lower() == "identity"
 
 
 def _body_chunks(resp: requests.Response, chunk_size: int) -> Iterator[bytes]:
@@ -570,7 +686,7 @@ def _body_chunks(resp: requests.Response, chunk_size: int) -> Iterator[bytes]:
     urllib3 errors (ProtocolError for a broken or short body, ReadTimeoutError) propagate.
     """
     raw = resp.raw
-    if resp.headers.get("Content-Encoding", "identity").lower() != "identity" or raw is None:
+    if not _identity(resp) or raw is None:
         yield from resp.iter_content(chunk_size)
         return
     read = raw.read

@@ -57,6 +57,8 @@ _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _MODE_BINARY = 2  # diskcache.core.MODE_BINARY
 _HASH_THREAD_MIN = 8 << 20  # blobs this big are hashed in a thread of their own
 _WRITEBACK_EVERY = 8 << 20  # start writing a download's bytes back to disk this often
+_RECV_BUFFER = 1 << 20  # a download receives into buffers this big (when its fetch can readinto)
+_RING = 8  # buffers per download hashed in a thread: the hasher's backlog is one less
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,29 +437,20 @@ class BlobCache:
         if self._verify_key(dl.key):
             # A big blob is hashed in a thread of its own, overlapping the next recv and write.
             digest = (
-                _Hasher() if dl.size >= _HASH_THREAD_MIN else hashlib.sha1(usedforsecurity=False)
+                _Hasher(_RING - 1)
+                if dl.size >= _HASH_THREAD_MIN
+                else hashlib.sha1(usedforsecurity=False)
             )
         stored = False
         chunks: Iterator[bytes] | None = None
         try:
             chunks = self._fetch(dl.key, 0)
-            for chunk in chunks:
-                if self._closed:
-                    raise Unreachable("the mount is shutting down")
-                n = len(chunk)
-                if dl.arrived + n > dl.size:
-                    raise IntegrityError(
-                        f"blob {dl.key[:12]}: server sent more than the listed {dl.size} bytes"
-                    )
-                _write_all(fd, chunk)
-                if (dl.arrived + n) // _WRITEBACK_EVERY != dl.arrived // _WRITEBACK_EVERY:
-                    _start_writeback(fd)
-                if digest is not None:
-                    digest.update(chunk)
-                with dl.cond:
-                    dl.arrived += n
-                    dl.wake(dl.arrived)
-                self.bytes_downloaded += n
+            readinto = getattr(chunks, "readinto", None)
+            if callable(readinto):
+                self._receive_into(dl, fd, readinto, digest)
+            else:
+                for chunk in chunks:
+                    self._arrive(dl, fd, chunk, digest)
             if dl.arrived != dl.size:
                 raise IntegrityError(
                     f"blob {dl.key[:12]}: short download ({dl.arrived} of {dl.size} bytes)"
@@ -487,6 +480,46 @@ class BlobCache:
                 with dl.cond:
                     dl.done = True
                     dl.wake()
+
+    def _receive_into(
+        self, dl: _Download, fd: int, readinto: Callable[[memoryview], int], digest: Any
+    ) -> None:
+        """Receive with `readinto` into reused buffers: no bytes object per chunk.
+
+        A hashing thread holds at most _RING - 1 filled buffers (its backlog), so the buffer
+        being filled is never one it has yet to hash.
+        """
+        count = _RING if isinstance(digest, _Hasher) else 1
+        size = min(_RECV_BUFFER, dl.size + 1)  # +1: a server sending too much is noticed
+        ring = [memoryview(bytearray(size)) for _ in range(count)]
+        i = 0
+        while True:
+            buf = ring[i]
+            i = (i + 1) % count
+            n = readinto(buf)
+            if not n:
+                return
+            self._arrive(dl, fd, buf[:n], digest)
+
+    def _arrive(self, dl: _Download, fd: int, chunk: bytes | memoryview, digest: Any) -> None:
+        """Write one chunk of the main download to the partial file and tell the readers."""
+        if self._closed:
+            raise Unreachable("the mount is shutting down")
+        n = len(chunk)
+        arrived = dl.arrived
+        if arrived + n > dl.size:
+            raise IntegrityError(
+                f"blob {dl.key[:12]}: server sent more than the listed {dl.size} bytes"
+            )
+        _write_all(fd, chunk)
+        if (arrived + n) // _WRITEBACK_EVERY != arrived // _WRITEBACK_EVERY:
+            _start_writeback(fd)
+        if digest is not None:
+            digest.update(chunk)
+        with dl.cond:
+            dl.arrived = arrived + n
+            dl.wake(arrived + n)
+        self.bytes_downloaded += n
 
     def _fail(self, dl: _Download, exc: DominoError) -> None:
         if isinstance(exc, IntegrityError):
@@ -605,13 +638,13 @@ class _Hasher:
 
     def __init__(self, backlog: int = 16) -> None:
         self._sha = hashlib.sha1(usedforsecurity=False)
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[bytes | memoryview | None] = queue.SimpleQueue()
         self._room = threading.Semaphore(backlog)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="blob-sha1", daemon=True)
         self._thread.start()
 
-    def update(self, chunk: bytes) -> None:
+    def update(self, chunk: bytes | memoryview) -> None:
         self._room.acquire()
         self._queue.put(chunk)
 
@@ -686,7 +719,7 @@ def _start_writeback(fd: int) -> None:
         _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         n = os.write(fd, view)

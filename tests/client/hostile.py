@@ -22,6 +22,7 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False  # close the connection without answering
     stall: float = 0.0  # seconds to wait before answering
+    missing: int = 0  # announce this many bytes more than the body has, then hang up
 
 
 @dataclass
@@ -57,9 +58,13 @@ def hostile_server(plan: list[Answer]) -> Iterator[Hostile]:
             self.send_response(ans.status)
             for k, v in ans.headers.items():
                 self.send_header(k, v)
-            self.send_header("Content-Length", str(len(raw)))
+            self.send_header("Content-Length", str(len(raw) + ans.missing))
             self.end_headers()
             self.wfile.write(raw)
+            if ans.missing:
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)
 
         do_GET = do_PUT = do_POST = do_DELETE = _answer
 

@@ -48,6 +48,11 @@ def test_upload_list_download_roundtrip(alice: DominoClient) -> None:
     assert b"".join(chunks) == data
     assert b"".join(pc.iter_blob(f.key, offset=len(data) - 100)) == data[-100:]
     assert b"".join(pc.iter_blob(f.key, offset=len(data))) == b""
+    stream, buf, got = pc.iter_blob(f.key, offset=10), bytearray(1 << 16), bytearray()
+    while n := stream.readinto(buf):
+        got += buf[:n]
+    assert got == data[10:]
+    assert pc.iter_blob(f.key, offset=len(data)).readinto(buf) == 0
 
 
 def test_range_requests_are_served_as_ranges(server: LocalServer, alice: DominoClient) -> None:

@@ -129,6 +129,32 @@ def test_blob_stream_falls_back_when_range_is_ignored() -> None:
         assert srv.seen[0][2].get("Range") == "bytes=4-"
 
 
+def test_blob_readinto_skips_when_range_is_ignored() -> None:
+    with hostile_server([Answer(200, b"0123456789")]) as srv, _client(srv.url) as c:
+        stream = c.project("alice/demo").iter_blob("a" * 40, offset=4)
+        buf = bytearray(4)
+        got = b""
+        while n := stream.readinto(buf):
+            got += buf[:n]
+        assert got == b"456789"
+
+
+@pytest.mark.parametrize("how", ["iterate", "readinto"])
+def test_blob_cut_short_is_a_server_error(how: str) -> None:
+    with hostile_server([Answer(200, b"x" * 1000, missing=500)]) as srv, _client(srv.url) as c:
+        stream = c.project("alice/demo").iter_blob("a" * 40)
+        buf = bytearray(4096)
+
+        def drain() -> None:
+            if how == "iterate":
+                b"".join(stream)
+            while stream.readinto(buf):
+                pass
+
+        with pytest.raises(errors.ServerError, match="broke off"):
+            drain()
+
+
 def test_key_is_sent_in_header_only() -> None:
     with hostile_server([Answer(200, COMMITS)]) as srv, _client(srv.url) as c:
         c.project("alice/demo").commits()

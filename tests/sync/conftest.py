@@ -17,19 +17,9 @@ import pytest
 
 from dominofs.api import DominoClient, ProjectClient
 from tests.conftest import ALICE_KEY, LocalServer
+from tests.harness import wait_for
 
 FAST = ["--upload-delay", "0.3", "--poll-interval", "0.5", "--max-backoff", "0.5"]
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll `cond` until it is truthy; the deadline is generous, the poll is quick."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def sync_env(tmp_path: Path, server: LocalServer) -> dict[str, str]:

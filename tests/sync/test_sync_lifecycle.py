@@ -65,14 +65,14 @@ def test_kill9_during_a_burst_loses_nothing_and_sends_nothing_twice(
 ) -> None:
     sp = make_sync().start()
     before = len(remote.commits())
-    n = 200
+    n = 1000
     for i in range(n):
         write(sp.root / "burst" / f"f{i:04d}.txt", f"content {i}".encode())
-    wait_for(lambda: server.requests_count("PUT upload") >= 20, what="uploads under way")
+    wait_for(lambda: server.requests_count("PUT upload") >= 50, 60, "uploads under way")
     sp.kill()
     assert queued(sp.root) > 0 or len(remote_files(remote)) < n + 2
     sp.start()
-    wait_for(lambda: sum(p.startswith("burst/") for p in remote_files(remote)) == n, 60, "all")
+    wait_for(lambda: sum(p.startswith("burst/") for p in remote_files(remote)) == n, 180, "all")
     sp.wait_idle(60)
     assert sp.terminate() == 0
     files = remote_files(remote)

@@ -291,3 +291,69 @@ def test_many_waiting_readers_each_get_their_bytes(tmp_path: Path) -> None:
         r.close()
     assert fetch.calls == [(key, 0)]
     cache.close()
+
+
+class _IntoStream:
+    """A fetch result that also offers `readinto`, as the real client's BlobStream does."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._data, self._pos, self._step = data, 0, step
+        self.into_calls = 0
+
+    def __iter__(self) -> _IntoStream:  # Range extents iterate
+        return self
+
+    def __next__(self) -> bytes:
+        if self._pos >= len(self._data):
+            raise StopIteration
+        self._pos += self._step
+        return self._data[self._pos - self._step : self._pos]
+
+    def readinto(self, buf: memoryview) -> int:
+        self.into_calls += 1
+        n = min(len(buf), self._step, len(self._data) - self._pos)
+        buf[:n] = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
+@pytest.mark.parametrize("size", [5000, 20 * MiB + 3])  # hashed inline / in the hasher thread
+def test_download_uses_readinto_and_verifies(tmp_path: Path, size: int) -> None:
+    key, data = blob(size)
+    bad_key, bad_data = blob(size, seed=7)
+    corrupt = bytearray(bad_data)
+    corrupt[size // 2] ^= 1
+    served = {key: data, bad_key: bytes(corrupt)}
+    streams: list[_IntoStream] = []
+
+    def fetch(k: str, offset: int) -> _IntoStream:
+        streams.append(_IntoStream(served[k][offset:], 300_000))
+        return streams[-1]
+
+    cache = BlobCache(tmp_path / "cache", size_limit=100 * MiB, fetch=fetch, wait_timeout=10)
+    try:
+        assert read_all(cache, key, size) == data  # ring buffers reused: bytes still right
+        assert cache.contains(key)
+        assert streams[0].into_calls > 1
+        with pytest.raises(IntegrityError):
+            read_all(cache, bad_key, size)
+        assert not cache.contains(bad_key)
+        assert cache.integrity_failures >= 1
+    finally:
+        cache.close()
+
+
+def test_readinto_download_longer_than_listed_is_refused(tmp_path: Path) -> None:
+    key, data = blob(4096)
+    cache = BlobCache(
+        tmp_path / "cache",
+        size_limit=MiB,
+        fetch=lambda k, o: _IntoStream(data + b"more", 1 << 20),
+        wait_timeout=10,
+    )
+    try:
+        with pytest.raises(IntegrityError):
+            read_all(cache, key, len(data))
+        assert not cache.contains(key)
+    finally:
+        cache.close()
