@@ -53,6 +53,7 @@ class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
     def __init__(self, operations: Operations, mountpoint: str, **kwargs: Any) -> None:
         vfs = operations.vfs
         self._vfs_read = vfs.read
+        self._vfs_write = vfs.write
         self._vfs_getattr = vfs.getattr
         self._vfs_readdir = vfs.readdir
         self._vfs_entry_stat = vfs.entry_stat
@@ -132,6 +133,12 @@ class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
         if n:
             ctypes.memmove(buf, data, n)
         return n
+
+    def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        # No copy of the data into a bytes object, no path decoding: the vfs writes straight
+        # from libfuse's buffer (valid for this call only; the vfs keeps no reference).
+        data = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents)))
+        return int(self._vfs_write(fip.contents.fh, data, offset))
 
 
 def _decode(path: bytes | None) -> str:

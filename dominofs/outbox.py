@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS entries (
     next_try REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS entries_path ON entries (path);
+CREATE INDEX IF NOT EXISTS entries_due ON entries (state, next_try);
 CREATE TABLE IF NOT EXISTS conflicts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     path TEXT NOT NULL,
@@ -178,6 +179,9 @@ class Outbox:
         self.last_error: str | None = None
         self.completed = 0  # entries finished since start: lets owners detect their own commits
         self._cond = threading.Condition()
+        # Threads in wait_idle (the other waiters on _cond are uploaders): a notify for work
+        # wakes that many more, so at least one uploader wakes, not all of them.
+        self._idle_waiters = 0
         self._db_lock = threading.Lock()
         self._db = sqlite3.connect(
             str(create_private_file(directory / "outbox.db")),
@@ -309,7 +313,7 @@ class Outbox:
                     if durable:
                         self._db.execute("PRAGMA synchronous=NORMAL")
             entry_id = int(cur.lastrowid or 0)
-            self._cond.notify_all()
+            self._notify_one()
         for row in older:
             if row[1] and row[1] != str(staged):
                 _unlink(Path(row[1]))
@@ -501,7 +505,11 @@ class Outbox:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
-                self._cond.wait(0.2 if left is None else min(0.2, left))
+                self._idle_waiters += 1
+                try:
+                    self._cond.wait(0.2 if left is None else min(0.2, left))
+                finally:
+                    self._idle_waiters -= 1
         return True
 
     # -- the uploader threads ------------------------------------------------------------------
@@ -518,12 +526,17 @@ class Outbox:
                 if entry is None:
                     return
                 self._inflight[entry.path] = entry.id
+                self._notify_one()  # more may be sendable: another uploader looks
             try:
                 self._process(entry)
             finally:
                 with self._cond:
                     self._inflight.pop(entry.path, None)
-                    self._cond.notify_all()
+                    self._notify_one()
+
+    def _notify_one(self) -> None:
+        """Wake one uploader (and every wait_idle caller). Needs self._cond held."""
+        self._cond.notify(1 + self._idle_waiters)
 
     def _claim(self) -> tuple[Entry | None, float]:
         """The oldest sendable entry, or None and how long to wait. Needs self._cond held."""
@@ -771,7 +784,7 @@ class Outbox:
                     )
                 self._db.execute("COMMIT")
             self.completed += 1
-            self._cond.notify_all()
+            self._notify_one()
         if entry.staged is not None:
             _unlink(entry.staged)
 

@@ -621,7 +621,7 @@ class VFS:
         data: bytes = read(size, offset)
         return data
 
-    def write(self, fh: int, data: bytes, offset: int) -> int:
+    def write(self, fh: int, data: bytes | memoryview, offset: int) -> int:
         """Write to an open handle: only `.runs/start` takes writes for now.
 
         Raises:
@@ -1265,17 +1265,29 @@ class VFS:
 
     def _on_uploaded(self, path: str, result: UploadResult, staged: Path, entry: Entry) -> None:
         p = "/" + path
+        # The cache takes a second link to the staged bytes, outside the lock (a cache insert
+        # is disk work that every create and close would wait for). The staged file cannot
+        # change meanwhile: it is being sent, so a writer copies it first (_make_writable).
+        # The outbox removes the staged name when the entry completes.
+        adopted = False
+        link = staged.with_name(staged.name + ".adopt")
+        try:
+            os.link(staged, link)
+        except OSError:
+            pass
+        else:
+            adopted = self._cache.adopt(result.key, link, result.size)
+            if not adopted:
+                link.unlink(missing_ok=True)
+        cached = adopted or self._cache.contains(result.key)
         with self._lock:
             node = self._nodes.get(p)
             if node is not None and node.work == staged and not node.dirty and not node.writers:
-                adopted = self._cache.adopt(result.key, staged, result.size)
-                if adopted or self._cache.contains(result.key):
+                if cached:
                     node.work, node.key = None, result.key
                 node.queued = False
                 node.size = result.size
                 node.uploaded_at = time.monotonic()
-            elif staged.exists():
-                self._cache.adopt(result.key, staged, result.size)
             if node is not None:
                 node.base_key = result.key
             self._changed()
