@@ -52,7 +52,7 @@ class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
 
     def __init__(self, operations: Operations, mountpoint: str, **kwargs: Any) -> None:
         vfs = operations.vfs
-        self._vfs_read = vfs.read
+        self._vfs_read_into = vfs.read_into
         self._vfs_write = vfs.write
         self._vfs_getattr = vfs.getattr
         self._vfs_readdir = vfs.readdir
@@ -127,12 +127,11 @@ class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
             return -errno.EFAULT
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
-        # Skips mfusepy's per-call path decoding: a read needs only its handle.
-        data = self._vfs_read(fip.contents.fh, size, offset)
-        n = len(data)
-        if n:
-            ctypes.memmove(buf, data, n)
-        return n
+        # Skips mfusepy's per-call path decoding: a read needs only its handle. The bytes go
+        # straight into libfuse's buffer (valid for this call only), no bytes object between.
+        addr = ctypes.addressof(buf.contents)
+        view = memoryview((ctypes.c_ubyte * size).from_address(addr)).cast("B")
+        return int(self._vfs_read_into(fip.contents.fh, view, offset))
 
     def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         # No copy of the data into a bytes object, no path decoding: the vfs writes straight

@@ -196,11 +196,13 @@ class Outbox:
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(entries)")}
         if "sending" not in columns:  # a queue from an older version
             self._db.execute("ALTER TABLE entries ADD COLUMN sending INTEGER NOT NULL DEFAULT 0")
+        self._kept = {r[0] for r in self._db.execute("SELECT path FROM kept_local")}
         self._view_lock = threading.Lock()  # one head listing at a time; the others reuse it
         self._view: _View | None = None
         # path -> (key or None for deleted, time.time()) of what we sent, laid over a listing
         # read before it landed.
         self._sent: dict[str, tuple[str | None, float]] = {}
+        self._sent_lock = threading.Lock()  # not _cond: every uploader notes every send
         self._inflight: dict[str, int] = {}  # path -> entry id being sent
         self._stopping = False
         self._threads: list[threading.Thread] = []
@@ -411,7 +413,9 @@ class Outbox:
 
     def forget_kept_local(self, path: str) -> None:
         with self._db_lock:
-            self._db.execute("DELETE FROM kept_local WHERE path = ?", (path,))
+            if path in self._kept:  # an upload per path is the common case: no SQL for it
+                self._kept.discard(path)
+                self._db.execute("DELETE FROM kept_local WHERE path = ?", (path,))
 
     def status(self, *, limit: int = 100) -> dict[str, Any]:
         """A JSON-ready summary for status files."""
@@ -627,7 +631,7 @@ class Outbox:
                 view = self._read_view(entry)
                 if view.prefix != entry.path:
                     self._view = view  # a one-path view is not worth keeping
-            with self._cond:
+            with self._sent_lock:
                 sent = self._sent.get(entry.path)
             if sent is not None and sent[1] >= view.started:
                 return sent[0]  # ours landed after the listing was read
@@ -657,13 +661,13 @@ class Outbox:
         files: dict[str, str] = {}
         if commits:
             files = {f.path: f.key for f in self.remote.list_files(commits[0], prefix)}
-        with self._cond:
+        with self._sent_lock:
             horizon = time.time() - 600.0
             self._sent = {p: v for p, v in self._sent.items() if v[1] >= horizon}
         return _View(started, prefix, files)
 
     def _note_sent(self, path: str, key: str | None) -> None:
-        with self._cond:
+        with self._sent_lock:
             self._sent[path] = (key, time.time())
 
     def _same_content(self, key: str, staged: Path) -> bool:
@@ -753,6 +757,7 @@ class Outbox:
                     "INSERT OR REPLACE INTO kept_local (path, at) VALUES (?, ?)",
                     (entry.path, time.time()),
                 )
+                self._kept.add(entry.path)
         if self.on_deleted is not None:
             self._hook(self.on_deleted, entry.path, outcome, entry)
         self._complete(entry, rebase_key=None)

@@ -48,6 +48,9 @@ META = "/.dominofs"
 STATUS = "/.dominofs/status.json"
 _VIRTUAL_ROOT_NAMES = (".runs", ".dominofs")
 _MAX_START_BYTES = 1 << 20
+_SETTLE_QUIET = 0.2  # a burst of our own uploads is over after this long without one
+_SETTLE_GAP = 1.0  # at least this long between listings asked for because of our uploads
+_SETTLE_MAX = 3.0  # however long the burst, a listing at least this often
 _HELD = 10 * 365 * 86400.0  # "not before" of an upload held while a writer is open
 
 StatDict = dict[str, int]
@@ -131,6 +134,9 @@ class _FileHandle:
     def read(self, size: int, offset: int) -> bytes:
         return os.pread(self.fd, size, offset)
 
+    def read_into(self, buf: memoryview, offset: int) -> int:
+        return os.preadv(self.fd, (buf,), offset)
+
     def close(self) -> None:
         os.close(self.fd)
 
@@ -138,7 +144,7 @@ class _FileHandle:
 class _BlobHandle:
     """A handle on one version of a project file (path, key) read through the blob cache."""
 
-    __slots__ = ("key", "mtime_ns", "path", "read", "reader", "size")
+    __slots__ = ("key", "mtime_ns", "path", "read", "read_into", "reader", "size")
 
     def __init__(self, path: str, reader: Any, mtime_ns: int) -> None:
         self.path = path
@@ -146,7 +152,9 @@ class _BlobHandle:
         self.key: str = reader.key
         self.size: int = reader.size
         self.mtime_ns = mtime_ns
-        self.read = reader.read  # bound once: the read path is one dict lookup and one call
+        # Bound once: the read path is one dict lookup and one call.
+        self.read = reader.read
+        self.read_into = reader.read_into
 
     def close(self) -> None:
         self.reader.close()
@@ -264,16 +272,37 @@ class VFS:
 
     def _poll_loop(self) -> None:
         # While the server is away, retry sooner than the interval so the mount recovers quickly.
+        last = 0.0
         while not self._stop.is_set():
             interval = self.poll_interval if self.poll_interval > 0 else 3600.0
-            self._wake.wait(interval if self.reachable else min(2.0, interval))
+            woken = self._wake.wait(interval if self.reachable else min(2.0, interval))
             self._wake.clear()
+            if woken:
+                # Our own uploads only settle the overlay, which already shows their bytes:
+                # one listing for a burst of them, not one per upload (each listing is the
+                # whole project, parsed, diffed and saved).
+                self._quiet(last)
             if self._stop.is_set():
                 return
             try:
                 self.refresh()
             except Exception:
                 log.exception("refreshing the listing failed unexpectedly")
+            last = time.monotonic()
+
+    def _quiet(self, last: float) -> None:
+        """Wait until our uploads pause for _SETTLE_QUIET s (at most _SETTLE_MAX s in all) and
+        the previous listing (at `last`) is at least _SETTLE_GAP s old."""
+        start = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= start + _SETTLE_MAX:
+                return
+            if now < last + _SETTLE_GAP:
+                self._wake.wait(min(last + _SETTLE_GAP, start + _SETTLE_MAX) - now)
+            elif not self._wake.wait(min(_SETTLE_QUIET, start + _SETTLE_MAX - now)):
+                return
+            self._wake.clear()
 
     def refresh(self) -> Diff | None:
         """Ask the server for the head commit; on a new one, swap in its tree. Never raises."""
@@ -620,6 +649,23 @@ class VFS:
             raise DominoError("bad file handle", errno=_errno.EBADF) from None
         data: bytes = read(size, offset)
         return data
+
+    def read_into(self, fh: int, buf: memoryview, offset: int) -> int:
+        """`read` into `buf` (as many bytes as it is long); returns how many were read.
+
+        Raises:
+            as `read`.
+        """
+        h = self._handles.get(fh)
+        if h is None:
+            raise DominoError("bad file handle", errno=_errno.EBADF)
+        into = getattr(h, "read_into", None)
+        if into is not None:
+            return int(into(buf, offset))
+        data = h.read(len(buf), offset)
+        n = len(data)
+        buf[:n] = data
+        return n
 
     def write(self, fh: int, data: bytes | memoryview, offset: int) -> int:
         """Write to an open handle: only `.runs/start` takes writes for now.

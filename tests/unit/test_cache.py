@@ -357,3 +357,53 @@ def test_readinto_download_longer_than_listed_is_refused(tmp_path: Path) -> None
         assert not cache.contains(key)
     finally:
         cache.close()
+
+
+def test_read_into_fills_the_buffer_cold_and_cached(tmp_path: Path) -> None:
+    key, data = blob(3 * MiB + 5)
+    fetch = FakeFetcher({key: data})
+    fetch.hold_after = MiB
+    cache = make(tmp_path, fetch)
+    r = cache.open(key, len(data))
+    buf = bytearray(4096)
+    assert r.read_into(memoryview(buf), 10) == 4096  # served while the rest is held back
+    assert bytes(buf) == data[10:4106]
+    fetch.release.set()
+    tail = bytearray(100)
+    assert r.read_into(memoryview(tail), len(data) - 40) == 40  # the verified end
+    assert bytes(tail[:40]) == data[-40:]
+    assert r.read_into(memoryview(tail), len(data)) == 0
+    r.close()
+    r = cache.open(key, len(data))
+    assert r.complete
+    out = bytearray(len(data))
+    assert r.read_into(memoryview(out), 0) == len(data)
+    assert bytes(out) == data
+    r.close()
+    cache.close()
+
+
+def resident_bytes(path: str) -> int:
+    """Bytes of `path` in the page cache, by util-linux fincore."""
+    import subprocess
+
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", path],
+        capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    return int(out.stdout.split()[0])
+
+
+@pytest.mark.skipif(not Path("/usr/bin/fincore").exists(), reason="needs util-linux fincore")
+def test_big_download_keeps_only_its_tail_in_the_page_cache(tmp_path: Path) -> None:
+    # The mount's own page cache holds what readers were served: the cache file must not
+    # hold the same bytes in RAM a second time.
+    key, data = blob(64 * MiB)
+    cache = make(tmp_path, FakeFetcher({key: data}))
+    assert read_all(cache, key, len(data)) == data
+    r = cache.open(key, len(data))
+    path = f"/proc/self/fd/{r._fd}"
+    resident = resident_bytes(os.path.realpath(path))
+    r.close()
+    cache.close()
+    assert resident <= 32 * MiB, resident
