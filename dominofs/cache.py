@@ -16,9 +16,9 @@ Layout and why:
   or a hash mismatch is unlinked and never enters the index; the next read retries.
 - Readers keep an fd of the blob file and read it with `os.pread` (or `preadv` straight into
   libfuse's buffer): once a blob is complete the read path takes no lock and makes no copy
-  beyond the one pread does. Pages of a big download more than _DROP_BEHIND behind its end are
-  written back and dropped: the mount's page cache keeps what readers were served, so the
-  bytes are not held in RAM twice. The fd survives the rename
+  beyond the one pread does. Pages well behind a big download's end are written back and
+  dropped (pagecache.py): the mount's page cache keeps what readers were served, so the bytes
+  are not held in RAM twice. The fd survives the rename
   into the cache, so a reader that started on a partial download never needs to reopen.
 - Eviction is ours, not diskcache's auto-cull (`cull_limit=0`): we walk the LRU order (the
   `access_time` column diskcache keeps for this policy) and skip pinned keys, so a blob open for
@@ -50,6 +50,7 @@ import diskcache
 
 from .config import ensure_private_dir
 from .errors import DominoError, IntegrityError, Unreachable
+from .pagecache import DropBehind
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,7 @@ Fetch = Callable[[str, int], Iterator[bytes]]
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _MODE_BINARY = 2  # diskcache.core.MODE_BINARY
 _HASH_THREAD_MIN = 8 << 20  # blobs this big are hashed in a thread of their own
-_WRITEBACK_EVERY = 8 << 20  # start writing a download's bytes back to disk this often
 _RECV_BUFFER = 1 << 20  # a download receives into buffers this big (when its fetch can readinto)
-_DROP_BEHIND = 16 << 20  # a download's pages this far behind its end leave the page cache
 _RING = 8  # buffers per download hashed in a thread: the hasher's backlog is one less
 
 
@@ -110,6 +109,7 @@ class _Download:
     done: bool = False
     error: DominoError | None = None
     extents: list[_Extent] = field(default_factory=list)
+    behind: DropBehind = field(default_factory=DropBehind)
     threads: list[threading.Thread] = field(default_factory=list)
     # Readers waiting for bytes: (absolute end they need, a lock they block on). Each is woken
     # only once its bytes are here (or on any other change of state), so a chunk arriving does
@@ -223,6 +223,11 @@ class BlobCache:
         # put concurrent writers (a burst of uploads adopted at once) to sleep for ms each.
         self._index_lock = threading.Lock()
         self._inflight: dict[str, _Download] = {}
+        # key -> (path, size) of adopted files not yet in the index; served from `path`.
+        self._adopting: dict[str, tuple[str, int]] = {}
+        self._moving: set[str] = set()
+        self._adopt_wake = threading.Condition(self._lock)
+        self._adopter: threading.Thread | None = None
         self._pins: dict[str, int] = {}
         self._closed = False
         self.hits = 0
@@ -260,28 +265,62 @@ class BlobCache:
             raise
 
     def adopt(self, key: str, path: Path, size: int) -> bool:
-        """Move the finished file `path` (same filesystem) into the cache as blob `key`.
+        """Make the finished file `path` (same filesystem) blob `key`: it is moved into the
+        cache by a background thread, and served from where it is until then.
 
-        The caller vouches that the bytes are the blob's (an upload's staged file). Returns
-        False, leaving `path` alone, when the key is already cached or being downloaded.
+        The caller vouches that the bytes are the blob's (an upload's staged file) and hands
+        `path` over: nothing else may rename or remove it. Returns False, leaving `path` alone,
+        when the key is already cached, being downloaded or being adopted.
         """
-        with self._lock:
-            if self._closed or key in self._inflight:
-                return False
         if key in self._dc:
             return False
-        try:
-            with self._index_lock:
-                self._dc.set(key, _MoveIn(str(path), size))
-        except OSError as exc:
-            log.warning("cannot move %s into the cache: %s", path, exc)
-            return False
-        self._cull()
+        with self._lock:
+            if self._closed or key in self._inflight or key in self._adopting:
+                return False
+            self._adopting[key] = (str(path), size)
+            if self._adopter is None or not self._adopter.is_alive():
+                self._adopter = threading.Thread(target=self._adopt_loop, name="adopt", daemon=True)
+                self._adopter.start()
+            self._adopt_wake.notify()
         return True
 
     def contains(self, key: str) -> bool:
-        """True when the whole blob is in the cache."""
-        return key in self._dc
+        """True when the whole blob is in the cache (or being moved into it)."""
+        return key in self._adopting or key in self._dc
+
+    def _adopt_loop(self) -> None:
+        # One thread moves adopted files into the index: a burst of uploads landing at once
+        # costs the uploaders nothing, and SQLite sees one writer instead of a dozen.
+        while True:
+            with self._lock:
+                while not self._adopting_queue() and not self._closed:
+                    self._adopt_wake.wait()
+                pending = self._adopting_queue()
+                if not pending:
+                    return
+            for key, (path, size) in pending:
+                self._move_in(key, path, size)
+            self._cull()
+
+    def _adopting_queue(self) -> list[tuple[str, tuple[str, int]]]:
+        """The adoptions not yet started. Needs self._lock."""
+        return [(k, v) for k, v in self._adopting.items() if k not in self._moving]
+
+    def _move_in(self, key: str, path: str, size: int) -> None:
+        with self._lock:
+            self._moving.add(key)
+        try:
+            with self._index_lock:
+                if key not in self._dc:
+                    self._dc.set(key, _MoveIn(path, size))
+        except (OSError, diskcache.Timeout) as exc:
+            log.warning("cannot move %s into the cache: %s", path, exc)
+        finally:
+            with self._lock:
+                self._moving.discard(key)
+                self._adopting.pop(key, None)
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # left only when the move failed or the key was there already
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -304,11 +343,15 @@ class BlobCache:
         with self._lock:
             self._closed = True
             downloads = list(self._inflight.values())
+            self._adopt_wake.notify()
+            adopter = self._adopter
         for dl in downloads:
             with dl.cond:
                 dl.wake()
             for t in list(dl.threads):
                 t.join(timeout=5)
+        if adopter is not None:
+            adopter.join(timeout=30)  # what is pending still moves in before the index closes
         self._dc.close()
 
     # -- opening -------------------------------------------------------------------------
@@ -318,15 +361,25 @@ class BlobCache:
             if key in self._inflight:
                 return None
             self._pins[key] = self._pins.get(key, 0) + 1
-        try:
-            fh = self._dc.get(key, default=None, read=True)
-        except (OSError, diskcache.Timeout):
-            fh = None  # evicted by another process between the index and the file
-        if fh is None:
-            self._unpin(key)
-            return None
-        fd = os.dup(fh.fileno())
-        fh.close()
+            adopting = self._adopting.get(key)
+        fd = -1
+        if adopting is not None:
+            try:
+                fd = os.open(adopting[0], os.O_RDONLY)
+            except FileNotFoundError:
+                # Renamed into the cache just now: the index has it once the move is done.
+                with self._index_lock:
+                    pass
+        if fd < 0:
+            try:
+                fh = self._dc.get(key, default=None, read=True)
+            except (OSError, diskcache.Timeout):
+                fh = None  # evicted by another process between the index and the file
+            if fh is None:
+                self._unpin(key)
+                return None
+            fd = os.dup(fh.fileno())
+            fh.close()
         if os.fstat(fd).st_size != size:
             # Not what the listing promised: forget it rather than serve it.
             os.close(fd)
@@ -535,11 +588,7 @@ class BlobCache:
                 f"blob {dl.key[:12]}: server sent more than the listed {dl.size} bytes"
             )
         _write_all(fd, chunk)
-        if (arrived + n) // _WRITEBACK_EVERY != arrived // _WRITEBACK_EVERY:
-            end = (arrived + n) // _WRITEBACK_EVERY * _WRITEBACK_EVERY
-            _start_writeback(fd, end - _WRITEBACK_EVERY, _WRITEBACK_EVERY)
-            if end > _DROP_BEHIND:
-                _drop_written(fd, end - _DROP_BEHIND - _WRITEBACK_EVERY, _WRITEBACK_EVERY)
+        dl.behind.wrote(fd, arrived + n)
         if digest is not None:
             digest.update(chunk)
         with dl.cond:
@@ -716,50 +765,6 @@ def _private_index(directory: Path) -> Path:
             if os.stat(path).st_mode & 0o077:
                 os.chmod(path, 0o600)
     return directory
-
-
-def _libc_sync_file_range() -> Any:
-    try:
-        import ctypes
-
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_sync_file_range = _libc_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
-_SYNC_FILE_RANGE_WAIT_ALL = 7  # WAIT_BEFORE | WRITE | WAIT_AFTER
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start (not wait for) writing a range of a download's dirty pages to disk.
-
-    A big download otherwise leaves its whole size dirty in the page cache; a few of them in a
-    row reach the kernel's dirty limits, and then every write of the download is throttled
-    (cold reads got slower one after the other).
-    """
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
-def _drop_written(fd: int, offset: int, length: int) -> None:
-    """Wait for a range written back earlier (see _start_writeback), then drop its pages.
-
-    A sequential reader is served near the download's end, and the kernel keeps what it
-    served in the mount's own page cache: keeping the cache file's pages too would hold every
-    cold byte in RAM twice. Pages freed this way are the ones the next chunks reuse, which is
-    much cheaper than fresh memory (on this VM, 1 GiB into new pages costs 1.5-2 s of sys time,
-    into just-freed ones 0.25 s).
-    """
-    if offset < 0:
-        return
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WAIT_ALL)
-    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

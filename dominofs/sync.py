@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 CONFIRM_MARKER = "confirm-deletes"
 DELETE_GRACE = 2.0
+DELETE_MAX_WAIT = 30.0  # deletions that never pause are judged together after this long
 RESCAN_INTERVAL = 600.0
 _SHA1_KEY = re.compile(r"^[0-9a-f]{40}$")  # the local server's keys: sha1 of the content
 _HASH_THREADS = 4  # hashlib releases the GIL: hash local files in parallel
@@ -628,7 +629,13 @@ class SyncService:
         assert self.state is not None
         assert self.outbox is not None
         now = time.monotonic()
-        ready = {p for p, t in self._delete_candidates.items() if now - t >= grace}
+        # A burst of deletions (rm -rf) is judged as one: nothing is ready until none has come
+        # for `grace` s. Judged piece by piece as each got old enough, a big deletion that took
+        # longer than a flush interval passed the guard in slices each under its limit.
+        times = self._delete_candidates.values()
+        newest, oldest = max(times, default=0.0), min(times, default=now)
+        settled = now - newest >= grace or now - oldest >= DELETE_MAX_WAIT
+        ready = set(self._delete_candidates) if settled else set()
         ready |= self._held.paths
         if not ready:
             return

@@ -132,3 +132,24 @@ def test_no_delete_server_keeps_deletion_local(nodelete_env: Env) -> None:
     h2 = MountHarness(env)
     assert "README.md" not in os.listdir(h2.root)
     assert status(h2)["deletions_kept_local"] == ["README.md"]
+
+
+def test_write_only_handles_skip_the_page_cache_yet_readers_see_their_writes(fenv: Env) -> None:
+    # Write-only opens are direct_io (their bytes are kept once, in the staging file); a reader
+    # that already holds the file's pages must still see what such a writer wrote.
+    m = fenv.mount("--upload-delay", "0.2")
+    path = m.path / "w.bin"
+    data = os.urandom(3 << 20)
+    with open(path, "wb") as f:  # O_WRONLY|O_CREAT|O_TRUNC
+        f.write(data)
+    expect = data[: 1 << 20] + b"X" * 4096 + data[(1 << 20) + 4096 :]
+    with open(path, "rb") as r:
+        assert r.read() == data
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            assert os.pwrite(fd, b"X" * 4096, 1 << 20) == 4096
+        finally:
+            os.close(fd)
+        wait_for(lambda: os.pread(r.fileno(), len(data), 0) == expect, 5, "reader sees the write")
+    assert path.read_bytes() == expect
+    wait_for(lambda: server_files(fenv).get("w.bin") == expect, 30, "upload")

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -69,8 +70,9 @@ def test_remote_change_comes_down_atomically_and_both_sides_change_conflicts(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("pause", [0.0, 1.2], ids=["at-once", "in-slices"])
 def test_mass_delete_guard_holds_until_confirmed(
-    make_sync: Callable[..., SyncProc], server: LocalServer, remote: ProjectClient
+    make_sync: Callable[..., SyncProc], server: LocalServer, remote: ProjectClient, pause: float
 ) -> None:
     sp = make_sync()
     for i in range(60):
@@ -81,6 +83,10 @@ def test_mass_delete_guard_holds_until_confirmed(
     sp.wait_idle()
     for i in range(60):
         os.unlink(sp.root / "many" / f"f{i:02d}.txt")
+        if pause and i % 20 == 19:
+            # A slow rm: the whole deletion takes longer than the guard's grace, each slice
+            # of it is under the limit; it must still be judged as one.
+            time.sleep(pause)
     wait_for(lambda: sp.status().get("held_deletes_count") == 60, what="deletes held")
     assert "limit" in sp.status()["held_reason"]
     assert server.requests_count("DELETE upload") == 0

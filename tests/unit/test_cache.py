@@ -407,3 +407,44 @@ def test_big_download_keeps_only_its_tail_in_the_page_cache(tmp_path: Path) -> N
     r.close()
     cache.close()
     assert resident <= 32 * MiB, resident
+
+
+def test_adopted_file_is_served_at_once_then_moved_in_not_copied(tmp_path: Path) -> None:
+    import time
+
+    key, data = blob(MiB + 3)
+    fetch = FakeFetcher({})
+    cache = make(tmp_path, fetch)
+    staged = tmp_path / "staged"
+    staged.write_bytes(data)
+    inode = staged.stat().st_ino
+    assert cache.adopt(key, staged, len(data))
+    assert cache.contains(key)
+    assert read_all(cache, key, len(data)) == data  # pending or moved: never downloaded
+    deadline = time.monotonic() + 10
+    while staged.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not staged.exists()
+    other = tmp_path / "other"
+    other.write_bytes(data)
+    assert not cache.adopt(key, other, len(data))  # already cached: the caller keeps it
+    assert other.exists()
+    r = cache.open(key, len(data))
+    assert os.fstat(r._fd).st_ino == inode
+    r.close()
+    assert fetch.calls == []
+    cache.close()
+
+
+def test_close_moves_pending_adoptions_in(tmp_path: Path) -> None:
+    blobs = [blob(64 * 1024, seed) for seed in range(50)]
+    cache = make(tmp_path, FakeFetcher({}))
+    for i, (key, data) in enumerate(blobs):
+        f = tmp_path / f"s{i}"
+        f.write_bytes(data)
+        assert cache.adopt(key, f, len(data))
+    cache.close()
+    reopened = make(tmp_path, FakeFetcher({}))
+    assert all(reopened.contains(key) for key, _ in blobs)
+    assert all(read_all(reopened, key, len(data)) == data for key, data in blobs)
+    reopened.close()
