@@ -23,6 +23,7 @@ class Answer:
     drop: bool = False  # close the connection without answering
     stall: float = 0.0  # seconds to wait before answering
     missing: int = 0  # announce this many bytes more than the body has, then hang up
+    hang_up: bool = False  # answer as if keeping the connection alive, then close it
 
 
 @dataclass
@@ -30,6 +31,8 @@ class Hostile:
     url: str
     plan: list[Answer]
     seen: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
+    hung_up: threading.Event = field(default_factory=threading.Event)
+    connections: int = 0
 
 
 @contextmanager
@@ -42,6 +45,10 @@ def hostile_server(plan: list[Answer]) -> Iterator[Hostile]:
 
         def log_message(self, *args: Any) -> None:
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            state.connections += 1
 
         def _answer(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -61,10 +68,12 @@ def hostile_server(plan: list[Answer]) -> Iterator[Hostile]:
             self.send_header("Content-Length", str(len(raw) + ans.missing))
             self.end_headers()
             self.wfile.write(raw)
-            if ans.missing:
+            if ans.missing or ans.hang_up:
                 self.wfile.flush()
                 self.close_connection = True
                 self.connection.shutdown(2)
+            if ans.hang_up:
+                state.hung_up.set()
 
         do_GET = do_PUT = do_POST = do_DELETE = _answer
 

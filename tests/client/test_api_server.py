@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -17,8 +18,9 @@ from ..conftest import ALICE_KEY, BOB_KEY, LocalServer
 
 
 @pytest.fixture
-def alice(server: LocalServer) -> DominoClient:
-    return DominoClient(server.url, ALICE_KEY, read_timeout=10)
+def alice(server: LocalServer) -> Iterator[DominoClient]:
+    with DominoClient(server.url, ALICE_KEY, read_timeout=10) as client:
+        yield client
 
 
 def test_new_project_has_readme_and_dominoignore(alice: DominoClient) -> None:

@@ -61,6 +61,20 @@ def test_upload_retry_resends_the_same_bytes() -> None:
         assert [s[3] for s in srv.seen] == [b"hello", b"hello"]
 
 
+def test_upload_after_the_server_closed_an_idle_connection_opens_a_new_one() -> None:
+    # Servers close idle keep-alive connections; the next upload must not be sent into the
+    # closed one (that would cost a failed attempt, and with no retries left, an error).
+    ok = {"path": "a.txt", "size": 1, "key": "b" * 40, "lastModified": 1}
+    plan = [Answer(201, ok, hang_up=True), Answer(201, ok)]
+    with hostile_server(plan) as srv, _client(srv.url, retries=0) as c:
+        pc = c.project("alice/demo")
+        pc.upload("a.txt", io.BytesIO(b"x"), size=1)
+        assert srv.hung_up.wait(5)
+        assert pc.upload("b.txt", io.BytesIO(b"y"), size=1).key == "b" * 40
+        assert [s[3] for s in srv.seen] == [b"x", b"y"]
+        assert srv.connections == 2
+
+
 def test_dropped_connection_and_stall_are_unreachable() -> None:
     plan = [Answer(drop=True)] * 4
     with hostile_server(plan) as srv, _client(srv.url, retries=1) as c:
