@@ -588,8 +588,13 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(exc.status, exc.reason, headers)
-    except (ConnectionError, asyncio.CancelledError):
+    except asyncio.CancelledError:
         raise
+    except ConnectionError as exc:
+        # The client went away (mid-body, say): nothing to answer and nothing broken here.
+        # Escaping, it would reach aiohttp, which logs a traceback for it.
+        log.info("%s %s: the client went away (%s)", request.method, request.path, exc)
+        return error_response(400, "the connection broke off")
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path)
         return error_response(500, "internal server error (logged on the server)")

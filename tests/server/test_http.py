@@ -6,6 +6,7 @@ import base64
 import hashlib
 import http.client
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -225,6 +226,24 @@ def test_twenty_concurrent_uploads_all_land(alice: requests.Session, srv: Srv) -
     files = head_files(alice, srv)
     assert {f"concurrent/f{i:02d}.txt" for i in range(20)} <= set(files)
     assert files["concurrent/f07.txt"]["size"] == 7
+
+
+def test_a_client_gone_mid_upload_leaves_no_trace(alice: requests.Session, srv: Srv) -> None:
+    parts = urlsplit(srv.url)
+    before = len(srv.output)
+    with socket.create_connection((parts.hostname or "", parts.port or 80), timeout=10) as sock:
+        sock.sendall(
+            f"PUT /v1/projects/alice/demo/gone/half.bin HTTP/1.1\r\nHost: x\r\n"
+            f"X-Domino-Api-Key: {ALICE}\r\nContent-Length: 1048576\r\n\r\n".encode()
+            + b"a" * 300_000
+        )
+    # The server goes on serving, committed nothing, kept no temporary file, logged no traceback.
+    assert alice.put(f"{srv.project_url()}/gone/after.bin", data=b"ok").status_code == 201
+    files = head_files(alice, srv)
+    assert "gone/after.bin" in files
+    assert "gone/half.bin" not in files
+    assert not list((srv.data_dir / "tmp").glob("upload-*"))
+    assert "Traceback" not in "".join(srv.output[before:])
 
 
 def test_delete_file_and_folder(alice: requests.Session, srv: Srv) -> None:
