@@ -697,8 +697,21 @@ class BlobStream(Iterator[bytes]):
             self.close()
             raise self._mapped(exc) from None
         if n == 0:
-            self.close()
+            self._release()
         return n
+
+    def _release(self) -> None:
+        """The body was read to its end: the connection goes back to the pool for the next
+        request (closing would cost a new connection per cold blob)."""
+        resp, fp = self._resp, self._fp
+        if resp is not None and fp is not None and fp.length == 0 and fp.fp is None:
+            self._resp = self._fp = None
+            try:
+                resp.raw.release_conn()
+            except Exception:
+                resp.close()
+            return
+        self.close()
 
     def _recv(self, buffer: bytearray | memoryview) -> int:
         fp = self._fp

@@ -75,6 +75,20 @@ def test_upload_after_the_server_closed_an_idle_connection_opens_a_new_one() -> 
         assert srv.connections == 2
 
 
+def test_blobs_read_to_their_end_share_one_connection() -> None:
+    plan = [Answer(200, b"x" * 5000), Answer(200, b"y" * 5000), Answer(200, COMMITS)]
+    with hostile_server(plan) as srv, _client(srv.url) as c:
+        pc = c.project("alice/demo")
+        for byte in (b"x", b"y"):
+            stream = pc.iter_blob("a" * 40)
+            buf, got = bytearray(1 << 16), b""
+            while n := stream.readinto(buf):
+                got += bytes(buf[:n])
+            assert got == byte * 5000
+        assert pc.commits() == COMMITS
+        assert srv.connections == 1
+
+
 def test_dropped_connection_and_stall_are_unreachable() -> None:
     plan = [Answer(drop=True)] * 4
     with hostile_server(plan) as srv, _client(srv.url, retries=1) as c:
