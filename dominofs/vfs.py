@@ -59,6 +59,8 @@ StatDict = dict[str, int]
 class _Handle(Protocol):
     def read(self, size: int, offset: int) -> bytes: ...
 
+    def read_into(self, buf: memoryview, offset: int) -> int: ...
+
     def close(self) -> None: ...
 
 
@@ -83,6 +85,11 @@ class _BytesHandle:
     def read(self, size: int, offset: int) -> bytes:
         return self.data[offset : offset + size]
 
+    def read_into(self, buf: memoryview, offset: int) -> int:
+        chunk = self.data[offset : offset + len(buf)]
+        buf[: len(chunk)] = chunk
+        return len(chunk)
+
     def close(self) -> None:
         pass
 
@@ -97,6 +104,9 @@ class _StartHandle:
 
     def read(self, size: int, offset: int) -> bytes:
         return b""
+
+    def read_into(self, buf: memoryview, offset: int) -> int:
+        return 0
 
     def close(self) -> None:
         pass
@@ -659,15 +669,11 @@ class VFS:
         Raises:
             as `read`.
         """
-        h = self._handles.get(fh)
-        if h is None:
-            raise DominoError("bad file handle", errno=_errno.EBADF)
-        into = getattr(h, "read_into", None)
-        if into is not None:
-            return int(into(buf, offset))
-        data = h.read(len(buf), offset)
-        n = len(data)
-        buf[:n] = data
+        try:
+            read_into = self._handles[fh].read_into
+        except KeyError:
+            raise DominoError("bad file handle", errno=_errno.EBADF) from None
+        n: int = read_into(buf, offset)
         return n
 
     def write(self, fh: int, data: bytes | memoryview, offset: int) -> int:

@@ -260,7 +260,14 @@ def test_status_json(remote: ProjectClient, tmp_path: Path) -> None:
     assert opened.direct_io
     data = vfs.read(opened.fh, 1 << 20, 0)
     assert vfs.getattr("/.dominofs/status.json", opened.fh)["st_size"] == len(data)
+    buf = bytearray(len(data) + 10)  # the FUSE path: into libfuse's buffer, same bytes
+    assert vfs.read_into(opened.fh, memoryview(buf), 0) == len(data)
+    assert bytes(buf[: len(data)]) == data
+    assert vfs.read_into(opened.fh, memoryview(buf)[:5], len(data) - 2) == 2
     vfs.release(opened.fh)
+    with pytest.raises(DominoError) as info:
+        vfs.read_into(opened.fh, memoryview(buf), 0)
+    assert info.value.errno == errno.EBADF
     status = json.loads(data)
     assert status["cache"]["hits"] == 1
     assert status["cache"]["misses"] == 1
