@@ -656,11 +656,7 @@ class VFS:
         Raises:
             DominoError: EBADF for an unknown handle; the download's failure (EIO, ...).
         """
-        try:
-            read = self._handles[fh].read
-        except KeyError:
-            raise DominoError("bad file handle", errno=_errno.EBADF) from None
-        data: bytes = read(size, offset)
+        data: bytes = self._handle(fh).read(size, offset)
         return data
 
     def read_into(self, fh: int, buf: memoryview, offset: int) -> int:
@@ -669,12 +665,14 @@ class VFS:
         Raises:
             as `read`.
         """
+        n: int = self._handle(fh).read_into(buf, offset)
+        return n
+
+    def _handle(self, fh: int) -> Any:
         try:
-            read_into = self._handles[fh].read_into
+            return self._handles[fh]
         except KeyError:
             raise DominoError("bad file handle", errno=_errno.EBADF) from None
-        n: int = read_into(buf, offset)
-        return n
 
     def write(self, fh: int, data: bytes | memoryview, offset: int) -> int:
         """Write to an open handle: only `.runs/start` takes writes for now.
@@ -682,9 +680,7 @@ class VFS:
         Raises:
             ReadOnly, DominoError(EBADF, EFBIG).
         """
-        h = self._handles.get(fh)
-        if h is None:
-            raise DominoError("bad file handle", errno=_errno.EBADF)
+        h = self._handle(fh)
         if isinstance(h, _FileHandle) and h.writable:
             node = h.node
             if h.append:
