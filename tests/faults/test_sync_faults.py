@@ -20,7 +20,7 @@ from dominofs.api import DominoClient, ProjectClient
 from tests.conftest import ALICE_KEY, LocalServer
 from tests.sync.conftest import SyncProc, run_cli, sync_env
 
-from .conftest import Faults, wait_for
+from .conftest import Faults, history_of, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -51,16 +51,6 @@ def make_sync(tmp_path: Path, server: LocalServer) -> Iterator[Callable[..., Syn
 
 def sha1(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
-
-
-def history_of(remote: ProjectClient, path: str) -> list[str]:
-    """The distinct keys `path` had, commit by commit, oldest first (a re-send adds none)."""
-    keys: list[str] = []
-    for cid in reversed(remote.commits()):
-        key = next((f.key for f in remote.list_files(cid, path) if f.path == path), None)
-        if key is not None and (not keys or keys[-1] != key):
-            keys.append(key)
-    return keys
 
 
 def remote_keys(remote: ProjectClient) -> dict[str, str]:
