@@ -38,6 +38,7 @@ import logging
 import os
 import queue
 import re
+import sqlite3
 import threading
 import time
 import uuid
@@ -61,6 +62,7 @@ _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _MODE_BINARY = 2  # diskcache.core.MODE_BINARY
 _HASH_THREAD_MIN = 8 << 20  # blobs this big are hashed in a thread of their own
 _RECV_BUFFER = 1 << 20  # a download receives into buffers this big (when its fetch can readinto)
+_ADOPT_BATCH = 256  # adopted files moved into the index per SQLite transaction
 _RING = 8  # buffers per download hashed in a thread: the hasher's backlog is one less
 
 
@@ -270,10 +272,9 @@ class BlobCache:
 
         The caller vouches that the bytes are the blob's (an upload's staged file) and hands
         `path` over: nothing else may rename or remove it. Returns False, leaving `path` alone,
-        when the key is already cached, being downloaded or being adopted.
+        when the key is being downloaded or adopted. A key already in the index is not looked
+        up here (one SQL read per upload, on the uploader's thread): the move drops `path`.
         """
-        if key in self._dc:
-            return False
         with self._lock:
             if self._closed or key in self._inflight or key in self._adopting:
                 return False
@@ -298,29 +299,40 @@ class BlobCache:
                 pending = self._adopting_queue()
                 if not pending:
                     return
-            for key, (path, size) in pending:
-                self._move_in(key, path, size)
+            for start in range(0, len(pending), _ADOPT_BATCH):
+                self._move_in(pending[start : start + _ADOPT_BATCH])
             self._cull()
 
     def _adopting_queue(self) -> list[tuple[str, tuple[str, int]]]:
         """The adoptions not yet started. Needs self._lock."""
         return [(k, v) for k, v in self._adopting.items() if k not in self._moving]
 
-    def _move_in(self, key: str, path: str, size: int) -> None:
+    def _move_in(self, batch: list[tuple[str, tuple[str, int]]]) -> None:
+        """Move a batch of adopted files into the index in one SQLite transaction.
+
+        A key leaves `_adopting` only once its row is committed: until then a reader that
+        finds the file already renamed waits on `_index_lock` and then finds the row.
+        """
         with self._lock:
-            self._moving.add(key)
+            self._moving.update(key for key, _ in batch)
         try:
-            with self._index_lock:
-                if key not in self._dc:
-                    self._dc.set(key, _MoveIn(path, size))
-        except (OSError, diskcache.Timeout) as exc:
-            log.warning("cannot move %s into the cache: %s", path, exc)
+            with self._index_lock, self._dc.transact():
+                for key, (path, size) in batch:
+                    try:
+                        if key not in self._dc:
+                            self._dc.set(key, _MoveIn(path, size))
+                    except OSError as exc:  # this file only: the others still move in
+                        log.warning("cannot move %s into the cache: %s", path, exc)
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            log.warning("cannot move %d uploaded files into the cache: %s", len(batch), exc)
         finally:
             with self._lock:
-                self._moving.discard(key)
-                self._adopting.pop(key, None)
-            with contextlib.suppress(OSError):
-                os.unlink(path)  # left only when the move failed or the key was there already
+                for key, _ in batch:
+                    self._moving.discard(key)
+                    self._adopting.pop(key, None)
+            for _, (path, _size) in batch:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # left only when the move failed or the key was there
 
     def stats(self) -> dict[str, Any]:
         return {

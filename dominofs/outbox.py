@@ -80,6 +80,7 @@ DEFAULT_CONCURRENCY = 12  # uploader threads; the client's connection pool holds
 VIEW_GRACE = 0.2  # a head listing this young also serves entries queued after it was read
 _BATCH = 3  # at least this many sendable entries: list their common folder once, not per path
 _COLUMNS = "id, path, op, staged, base_key, attempts, last_error, state, meta, created, sending"
+_FOLLOWER_WAIT = 1.0  # an idle uploader that is not the timed one looks again at least this often
 RESUME_SETTLE = 1.0  # an entry a crashed run was sending waits this long: the server may finish it
 
 
@@ -178,10 +179,11 @@ class Outbox:
         self.server_reachable: bool | None = None
         self.last_error: str | None = None
         self.completed = 0  # entries finished since start: lets owners detect their own commits
-        self._cond = threading.Condition()
-        # Threads in wait_idle (the other waiters on _cond are uploaders): a notify for work
-        # wakes that many more, so at least one uploader wakes, not all of them.
-        self._idle_waiters = 0
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # uploaders wait on it for work
+        # wait_idle callers wait on their own condition (same lock): a wake for work goes to
+        # an uploader, a wake for "something finished" to them.
+        self._idle = threading.Condition(lock)
         self._db_lock = threading.Lock()
         self._db = sqlite3.connect(
             str(create_private_file(directory / "outbox.db")),
@@ -204,6 +206,8 @@ class Outbox:
         self._sent: dict[str, tuple[str | None, float]] = {}
         self._sent_lock = threading.Lock()  # not _cond: every uploader notes every send
         self._inflight: dict[str, int] = {}  # path -> entry id being sent
+        # (uploader, monotonic time) of the idle uploader waiting for the soonest due entry
+        self._timer: tuple[object | None, float] = (None, 0.0)
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._failures = 0
@@ -315,7 +319,9 @@ class Outbox:
                     if durable:
                         self._db.execute("PRAGMA synchronous=NORMAL")
             entry_id = int(cur.lastrowid or 0)
-            self._notify_one()
+            until = time.monotonic() + max(0.0, not_before - time.time())
+            if self._timer[0] is None or until < self._timer[1]:
+                self._cond.notify()  # due before what the timed uploader waits for
         for row in older:
             if row[1] and row[1] != str(staged):
                 _unlink(Path(row[1]))
@@ -332,7 +338,7 @@ class Outbox:
                     (path, inflight_id),
                 ).fetchall()
                 self._db.executemany("DELETE FROM entries WHERE id = ?", [(r[0],) for r in rows])
-            self._cond.notify_all()
+            self._idle.notify_all()  # nothing became sendable
         for _, staged in rows:
             if staged:
                 _unlink(Path(staged))
@@ -370,7 +376,7 @@ class Outbox:
                 self._db.execute(
                     "DELETE FROM entries WHERE path = ? AND id != ?", (path, inflight_id)
                 )
-            self._cond.notify_all()
+            self._idle.notify_all()  # nothing became sendable
             return inflight_id == -1
 
     # -- what is queued --------------------------------------------------------------------
@@ -509,16 +515,13 @@ class Outbox:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
-                self._idle_waiters += 1
-                try:
-                    self._cond.wait(0.2 if left is None else min(0.2, left))
-                finally:
-                    self._idle_waiters -= 1
+                self._idle.wait(0.2 if left is None else min(0.2, left))
         return True
 
     # -- the uploader threads ------------------------------------------------------------------
 
     def _worker(self) -> None:
+        me = object()
         while True:
             with self._cond:
                 entry = None
@@ -526,21 +529,28 @@ class Outbox:
                     entry, wait = self._claim()
                     if entry is not None:
                         break
-                    self._cond.wait(wait)
+                    until = time.monotonic() + wait
+                    if self._timer[0] is not None and self._timer[1] <= until + 0.001:
+                        # Another idle uploader waits for the next due entry and wakes one of
+                        # us when it takes it: a dozen timed waits would all wake for each.
+                        self._cond.wait(_FOLLOWER_WAIT)
+                        continue
+                    self._timer = (me, until)
+                    try:
+                        self._cond.wait(wait)
+                    finally:
+                        if self._timer[0] is me:
+                            self._timer = (None, 0.0)
                 if entry is None:
                     return
                 self._inflight[entry.path] = entry.id
-                self._notify_one()  # more may be sendable: another uploader looks
+                self._cond.notify()  # more may be sendable: another uploader looks
             try:
                 self._process(entry)
             finally:
                 with self._cond:
                     self._inflight.pop(entry.path, None)
-                    self._notify_one()
-
-    def _notify_one(self) -> None:
-        """Wake one uploader (and every wait_idle caller). Needs self._cond held."""
-        self._cond.notify(1 + self._idle_waiters)
+                    self._idle.notify_all()
 
     def _claim(self) -> tuple[Entry | None, float]:
         """The oldest sendable entry, or None and how long to wait. Needs self._cond held."""
@@ -789,7 +799,6 @@ class Outbox:
                     )
                 self._db.execute("COMMIT")
             self.completed += 1
-            self._notify_one()
         if entry.staged is not None:
             _unlink(entry.staged)
 

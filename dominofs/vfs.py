@@ -1022,10 +1022,12 @@ class VFS:
                 node.mtime_ns = time.time_ns()
             return self._add_writer(node, flags)
 
-    def _add_writer(self, node: _Node, flags: int) -> Opened:
-        """Open a read-write fd on `node`'s staging file. Caller holds the lock."""
+    def _add_writer(self, node: _Node, flags: int, fd: int = -1) -> Opened:
+        """Open a read-write fd on `node`'s staging file (or take `fd`, open on it). Caller
+        holds the lock."""
         assert node.work is not None
-        fd = os.open(node.work, os.O_RDWR)
+        if fd < 0:
+            fd = os.open(node.work, os.O_RDWR)
         node.writers += 1
         self._page_key.pop(node.path, None)
         self._changed()
@@ -1049,28 +1051,44 @@ class VFS:
         if path == RUNS + "/" + START:
             return self._open_runs(START, True)
         self._check_writable(path)
-        with self._lock:
-            self._parent_ok(path)
-            kind, _ = self._lookup(path)
-            if kind == "dir":
-                raise DominoError(f"{path}: is a folder", errno=_errno.EISDIR)
-            exists = kind != "none"
-            if exists and flags & os.O_EXCL:
-                raise DominoError(f"{path}: exists", errno=_errno.EEXIST)
-            if not exists:
-                work = self._new_work()
-                work.touch(mode=0o600)
-                node = _Node(
-                    path, work, None, 0, time.time_ns(), self._remote_key(path),
-                    self._ignored(path), dirty=True,
-                )  # fmt: skip
-                self._unhide(path)
-                self._nodes[path] = node
-                self._attrs.pop(path, None)
-                if mode & 0o7777 not in (0o644, 0o666):
-                    self._attrs[path] = {"mode": mode & 0o7777}
-                    self._save_attrs()
-                return self._add_writer(node, flags)
+        # The staging file of a new name is made before the lock is taken (a new inode can
+        # take a while); a look without the lock only decides whether that is worth it.
+        work: Path | None = None
+        fd = -1
+        if self._lookup(path)[0] == "none":
+            work = self._new_work()
+            fd = os.open(work, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with self._lock:
+                self._parent_ok(path)
+                kind, _ = self._lookup(path)
+                if kind == "dir":
+                    raise DominoError(f"{path}: is a folder", errno=_errno.EISDIR)
+                exists = kind != "none"
+                if exists and flags & os.O_EXCL:
+                    raise DominoError(f"{path}: exists", errno=_errno.EEXIST)
+                if not exists:
+                    if work is None:
+                        work = self._new_work()
+                        fd = os.open(work, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                    node = _Node(
+                        path, work, None, 0, time.time_ns(), self._remote_key(path),
+                        self._ignored(path), dirty=True,
+                    )  # fmt: skip
+                    self._unhide(path)
+                    self._nodes[path] = node
+                    self._attrs.pop(path, None)
+                    if mode & 0o7777 not in (0o644, 0o666):
+                        self._attrs[path] = {"mode": mode & 0o7777}
+                        self._save_attrs()
+                    opened = self._add_writer(node, flags, fd)
+                    fd = -1  # the handle owns it
+                    return opened
+        finally:
+            if fd >= 0:
+                os.close(fd)
+                assert work is not None
+                work.unlink(missing_ok=True)
         return self._open_write(path, flags | os.O_TRUNC)
 
     def mkdir(self, path: str, mode: int) -> None:

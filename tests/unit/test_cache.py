@@ -427,8 +427,12 @@ def test_adopted_file_is_served_at_once_then_moved_in_not_copied(tmp_path: Path)
     assert not staged.exists()
     other = tmp_path / "other"
     other.write_bytes(data)
-    assert not cache.adopt(key, other, len(data))  # already cached: the caller keeps it
-    assert other.exists()
+    # Already cached: the file is taken and dropped, the cached copy stays.
+    assert cache.adopt(key, other, len(data))
+    deadline = time.monotonic() + 10
+    while other.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not other.exists()
     r = cache.open(key, len(data))
     assert os.fstat(r._fd).st_ino == inode
     r.close()
@@ -447,4 +451,19 @@ def test_close_moves_pending_adoptions_in(tmp_path: Path) -> None:
     reopened = make(tmp_path, FakeFetcher({}))
     assert all(reopened.contains(key) for key, _ in blobs)
     assert all(read_all(reopened, key, len(data)) == data for key, data in blobs)
+    reopened.close()
+
+
+def test_a_file_that_cannot_move_in_does_not_keep_the_others_out(tmp_path: Path) -> None:
+    blobs = [blob(4096, seed) for seed in range(3)]
+    cache = make(tmp_path, FakeFetcher({}))
+    for i, (key, data) in enumerate(blobs):
+        f = tmp_path / f"s{i}"
+        if i != 1:  # the middle one has vanished by the time it is moved
+            f.write_bytes(data)
+        assert cache.adopt(key, f, len(data))
+    cache.close()
+    reopened = make(tmp_path, FakeFetcher({}))
+    assert [reopened.contains(key) for key, _ in blobs] == [True, False, True]
+    assert read_all(reopened, blobs[2][0], 4096) == blobs[2][1]
     reopened.close()

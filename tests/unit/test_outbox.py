@@ -99,6 +99,28 @@ def test_newer_enqueue_replaces_unsent(tmp_path: Path, server: LocalServer, remo
     assert "b.txt" not in remote_files(remote)
 
 
+def test_entry_due_sooner_is_sent_when_due(
+    tmp_path: Path, server: LocalServer, remote: ProjectClient
+):
+    # One idle uploader waits for the soonest due entry; an entry due before that must wake
+    # it rather than wait for its turn.
+    sent: dict[str, float] = {}
+    box = Outbox(
+        tmp_path / "ob", remote, on_uploaded=lambda path, *_: sent.setdefault(path, time.time())
+    )
+    box.start()
+    time.sleep(0.2)
+    box.enqueue_upload("late.txt", stage(box, b"late"), base_key=None, not_before=time.time() + 30)
+    time.sleep(0.1)  # an uploader now waits (at most 1 s at a time) for late.txt
+    t0 = time.time()
+    box.enqueue_upload("soon.txt", stage(box, b"soon"), base_key=None, not_before=t0 + 0.1)
+    wait_for(lambda: "soon.txt" in sent, 10, "soon.txt sent")
+    assert 0.1 <= sent["soon.txt"] - t0 < 0.7
+    assert "late.txt" not in sent
+    box.close()
+    assert remote_bytes(remote, "soon.txt") == b"soon"
+
+
 def test_conflict_keeps_both_versions(tmp_path: Path, server: LocalServer, remote: ProjectClient):
     base = put(remote, "data/report.csv", b"original")
     put(remote, "data/report.csv", b"theirs")  # someone else changed it meanwhile
