@@ -7,14 +7,18 @@ Layout:
     meta.json                       users {name: {id, key}} and projects {"owner/name": {...}}
     blobs/ab/cdef...                blob bytes, key = blob_hasher() digest of the content
     tmp/                            uploads in flight (same filesystem, so rename is atomic)
-    projects/<id>/commits/<c>.json  one commit: parent, time, message and the full file map
-    projects/<id>/commits.jsonl     append-only index {id, parent, time, message}
-    projects/<id>/HEAD              the head commit id (replaced atomically)
+    projects/<id>/commits.jsonl     append-only log, one line per commit {id, parent, time,
+                                    message, changes}; its last complete line is the head
+    projects/<id>/commits/<c>.json  the full file map of some commits (a shortcut, not needed)
     projects/<id>/keys.txt          every blob key any commit of the project ever referenced
 
-Every file that matters is written to a temporary name, fsynced and renamed, so a crash at any
-moment leaves either the old or the new version. Writers to one project hold Project.lock; the
-file maps of recent commits are cached in memory (bounded LRU) so listings stay fast.
+Appends are fsynced before they count; every other file that matters is written to a temporary
+name, fsynced and renamed, so a crash at any moment leaves either the old or the new version.
+The head is not a file of its own: replacing one per commit cost two fsyncs and freed an inode
+each time, and on ext4 without a journal new files skip recently freed inodes one by one (under
+a burst of uploads a third of the server's CPU went there). Writers to one project hold
+Project.lock; the file maps of recent commits are cached in memory (bounded LRU) so listings
+stay fast.
 Must not import anything from dominofs outside dominofs/server.
 """
 
@@ -430,8 +434,8 @@ class Project:
         The caller holds self.lock; blocking. An item that clashes (Conflict) or deletes what is
         not there (NotFound) gets that exception instead of an id and makes no commit. Each
         commit is one line of commits.jsonl holding its changes (every SNAPSHOT_EVERY-th also
-        gets a full file map in commits/<id>.json); the batch's lines, the new keys and HEAD are
-        fsynced once for the whole batch. Nothing in memory changes unless all of it is durable.
+        gets a full file map in commits/<id>.json); the batch's lines and new keys are fsynced
+        once for the whole batch. Nothing in memory changes unless all of it is durable.
         """
         head = self.head or None
         base, _ = self.files(head) if head else ({}, [])
@@ -474,7 +478,7 @@ class Project:
             parent = cid
         if not new:
             return results
-        self._persist(lines, snapshots, new_keys, new[-1][0].id)
+        self._persist(lines, snapshots, new_keys)
         for info, delta, d in new:
             self.index[info.id] = info
             self._deltas[info.id] = delta
@@ -530,9 +534,9 @@ class Project:
         lines: list[str],
         snapshots: list[tuple[str, dict[str, Any]]],
         new_keys: set[str],
-        head: str,
     ) -> None:
-        """Make a batch durable: snapshots, blob folders, keys, the log lines, then HEAD."""
+        """Make a batch durable: snapshots, blob folders, keys, then the log lines (the commit
+        point: the last complete line is the head)."""
         for cid, full in snapshots:
             write_atomic(self.dir / "commits" / f"{cid}.json", json.dumps(full).encode("utf-8"))
         if new_keys:
@@ -543,15 +547,17 @@ class Project:
                 f.write("".join(k + "\n" for k in sorted(new_keys)))
                 f.flush()
                 os.fsync(f.fileno())
-        with open(self.dir / "commits.jsonl", "a", encoding="utf-8") as f:
+        log_path = self.dir / "commits.jsonl"
+        new_names = not log_path.exists() or not (self.dir / "keys.txt").exists()
+        with open(log_path, "a", encoding="utf-8") as f:
             # After a torn line (crash or failed write mid-append) start on a fresh line.
             f.write(("\n" if self._torn else "") + "".join(lines))
             self._torn = True
             f.flush()
             os.fsync(f.fileno())
             self._torn = False
-        write_atomic(self.dir / "HEAD", head.encode("ascii"))
-        fsync_dir(self.dir)
+        if new_names:
+            fsync_dir(self.dir)  # the log's and keys.txt's names, once
 
     def load(self) -> None:
         """Read the commit index, head and key set back from disk.
@@ -559,6 +565,7 @@ class Project:
         Lines written before group commit carry no "changes": their commits/<id>.json holds the
         full file map. Newer lines carry the commit's changes (a snapshot file only sometimes).
         """
+        last: str | None = None
         index_path = self.dir / "commits.jsonl"
         if index_path.exists():
             text = index_path.read_text(encoding="utf-8")
@@ -568,8 +575,9 @@ class Project:
                     raw = json.loads(line)
                     info = CommitInfo(raw["id"], raw["parent"], raw["time"], raw["message"])
                 except (ValueError, KeyError, TypeError):
-                    continue  # a torn line from a crash mid-append: its HEAD never moved
+                    continue  # a torn line from a crash mid-append: never acknowledged
                 self.index[info.id] = info
+                last = info.id
                 changes = raw.get("changes")
                 if changes is None or raw.get("snapshot"):
                     self._depth[info.id] = 0
@@ -580,8 +588,10 @@ class Project:
                     self._deltas[info.id] = {
                         p: None if v is None else FileEntry(*v) for p, v in changes.items()
                     }
-        head_path = self.dir / "HEAD"
-        if head_path.exists():
+        head_path = self.dir / "HEAD"  # written by versions before the log decided the head
+        if last is not None:
+            self.head = last
+        elif head_path.exists():
             self.head = head_path.read_text(encoding="ascii").strip()
         keys_path = self.dir / "keys.txt"
         if keys_path.exists():

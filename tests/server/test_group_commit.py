@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -158,3 +159,21 @@ def test_reads_commits_written_in_the_full_map_format(tmp_path: Path) -> None:
     reopened = Store.open(tmp_path).projects["alice/p"]
     assert reopened.commits()[:2] == [cid, "ab" * 20]
     assert set(reopened.files(cid)[0]) == {".dominoignore", "README.md", "old.txt", "new.txt"}
+
+
+def test_the_log_decides_the_head_and_a_commit_replaces_no_file(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.add_user("alice", "k")
+    project = store.add_project("alice/p")
+    log_inode = (project.dir / "commits.jsonl").stat().st_ino
+    names = sorted(os.listdir(project.dir))
+    for i in range(5):
+        (cid,) = project.write_commits([({f"f{i}.txt": _entry(store, i)}, f"c{i}")])
+    # Appends only: no file made or replaced per commit (each replacement freed an inode).
+    assert (project.dir / "commits.jsonl").stat().st_ino == log_inode
+    assert sorted(os.listdir(project.dir)) == names
+    assert not (project.dir / "HEAD").exists()
+    assert Store.open(tmp_path).projects["alice/p"].head == cid
+    # A HEAD file an older version left behind the log does not win over it.
+    (project.dir / "HEAD").write_text(project.commits()[1])
+    assert Store.open(tmp_path).projects["alice/p"].head == cid
