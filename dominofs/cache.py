@@ -62,6 +62,7 @@ _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _MODE_BINARY = 2  # diskcache.core.MODE_BINARY
 _HASH_THREAD_MIN = 8 << 20  # blobs this big are hashed in a thread of their own
 _RECV_BUFFER = 1 << 20  # a download receives into buffers this big (when its fetch can readinto)
+_FIRST_RECV = 64 << 10  # ...except its first receive: what a first read waits for
 _ADOPT_BATCH = 256  # adopted files moved into the index per SQLite transaction
 _RING = 8  # buffers per download hashed in a thread: the hasher's backlog is one less
 
@@ -579,11 +580,19 @@ class BlobCache:
         """
         count = _RING if isinstance(digest, _Hasher) else 1
         size = min(_RECV_BUFFER, dl.size + 1)  # +1: a server sending too much is noticed
-        ring = [memoryview(bytearray(size)) for _ in range(count)]
+        # Buffers are made when first needed: zeroing all of them before the first recv delayed
+        # the first byte by 8-16 ms here (fresh memory is slow to touch on a VM). The first
+        # recv is small too: readinto returns only once its buffer is full.
+        ring: list[memoryview] = []
         i = 0
+        first = True
         while True:
+            if i == len(ring):
+                ring.append(memoryview(bytearray(size)))
             buf = ring[i]
             i = (i + 1) % count
+            if first:
+                buf, first = buf[:_FIRST_RECV], False
             n = readinto(buf)
             if not n:
                 return

@@ -24,6 +24,7 @@ class Answer:
     stall: float = 0.0  # seconds to wait before answering
     missing: int = 0  # announce this many bytes more than the body has, then hang up
     hang_up: bool = False  # answer as if keeping the connection alive, then close it
+    pause: tuple[int, float] = (0, 0.0)  # send this many body bytes, then wait this long
 
 
 @dataclass
@@ -67,6 +68,12 @@ def hostile_server(plan: list[Answer]) -> Iterator[Hostile]:
                 self.send_header(k, v)
             self.send_header("Content-Length", str(len(raw) + ans.missing))
             self.end_headers()
+            first, wait = ans.pause
+            if wait:
+                self.wfile.write(raw[:first])
+                self.wfile.flush()
+                stop.wait(wait)
+                raw = raw[first:]
             self.wfile.write(raw)
             if ans.missing or ans.hang_up:
                 self.wfile.flush()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -410,8 +411,6 @@ def test_big_download_keeps_only_its_tail_in_the_page_cache(tmp_path: Path) -> N
 
 
 def test_adopted_file_is_served_at_once_then_moved_in_not_copied(tmp_path: Path) -> None:
-    import time
-
     key, data = blob(MiB + 3)
     fetch = FakeFetcher({})
     cache = make(tmp_path, fetch)
@@ -467,3 +466,30 @@ def test_a_file_that_cannot_move_in_does_not_keep_the_others_out(tmp_path: Path)
     assert [reopened.contains(key) for key, _ in blobs] == [True, False, True]
     assert read_all(reopened, blobs[2][0], 4096) == blobs[2][1]
     reopened.close()
+
+
+def test_first_bytes_are_served_while_the_server_holds_the_rest(tmp_path: Path) -> None:
+    # A real HTTP download (readinto into the cache's buffers): a first read waits only for
+    # its own bytes, not for a whole receive buffer to fill.
+    from dominofs.api import DominoClient
+    from tests.client.hostile import Answer, hostile_server
+
+    key, data = blob(3 * MiB)
+    with hostile_server([Answer(200, data, pause=(100 * 1024, 30.0))]) as srv:
+        client = DominoClient(srv.url, "k" * 20, retries=0, read_timeout=60)
+        remote = client.project("alice/demo")
+        cache = BlobCache(
+            tmp_path / "cache",
+            size_limit=100 * MiB,
+            fetch=lambda k, offset: remote.iter_blob(k, offset=offset),
+            wait_timeout=60,
+        )
+        reader = cache.open(key, len(data))
+        started = time.monotonic()
+        assert reader.read(100, 0) == data[:100]
+        assert time.monotonic() - started < 10  # the server holds the rest for 30 s
+        reader.close()
+    # The server sent the rest on leaving its context: the download completes and verifies.
+    assert read_all(cache, key, len(data)) == data
+    cache.close()
+    client.close()
