@@ -537,6 +537,8 @@ class Project:
     ) -> None:
         """Make a batch durable: snapshots, blob folders, keys, then the log lines (the commit
         point: the last complete line is the head)."""
+        log_path = self.dir / "commits.jsonl"
+        new_names = not log_path.exists() or not (self.dir / "keys.txt").exists()
         for cid, full in snapshots:
             write_atomic(self.dir / "commits" / f"{cid}.json", json.dumps(full).encode("utf-8"))
         if new_keys:
@@ -547,8 +549,6 @@ class Project:
                 f.write("".join(k + "\n" for k in sorted(new_keys)))
                 f.flush()
                 os.fsync(f.fileno())
-        log_path = self.dir / "commits.jsonl"
-        new_names = not log_path.exists() or not (self.dir / "keys.txt").exists()
         with open(log_path, "a", encoding="utf-8") as f:
             # After a torn line (crash or failed write mid-append) start on a fresh line.
             f.write(("\n" if self._torn else "") + "".join(lines))
