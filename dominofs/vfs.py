@@ -1055,6 +1055,7 @@ class VFS:
         # take a while); a look without the lock only decides whether that is worth it.
         work: Path | None = None
         fd = -1
+        installed = False  # a node names the staging file: it stays even if a step fails
         if self._lookup(path)[0] == "none":
             work = self._new_work()
             fd = os.open(work, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -1077,6 +1078,7 @@ class VFS:
                     )  # fmt: skip
                     self._unhide(path)
                     self._nodes[path] = node
+                    installed = True
                     self._attrs.pop(path, None)
                     if mode & 0o7777 not in (0o644, 0o666):
                         self._attrs[path] = {"mode": mode & 0o7777}
@@ -1087,8 +1089,9 @@ class VFS:
         finally:
             if fd >= 0:
                 os.close(fd)
-                assert work is not None
-                work.unlink(missing_ok=True)
+                if not installed:
+                    assert work is not None
+                    work.unlink(missing_ok=True)
         return self._open_write(path, flags | os.O_TRUNC)
 
     def mkdir(self, path: str, mode: int) -> None:
