@@ -896,6 +896,11 @@ class VFS:
         assert self._outbox is not None
         return self._outbox.staging_path()
 
+    def _new_staged(self) -> tuple[Path, int]:
+        """A new empty staging file and a read-write fd on it."""
+        work = self._new_work()
+        return work, os.open(work, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+
     def _make_writable(self, node: _Node, *, truncate: bool = False) -> None:
         """Give `node` a staging file the caller may modify. Caller holds the lock.
 
@@ -1057,8 +1062,7 @@ class VFS:
         fd = -1
         installed = False  # a node names the staging file: it stays even if a step fails
         if self._lookup(path)[0] == "none":
-            work = self._new_work()
-            fd = os.open(work, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            work, fd = self._new_staged()
         try:
             with self._lock:
                 self._parent_ok(path)
@@ -1070,8 +1074,7 @@ class VFS:
                     raise DominoError(f"{path}: exists", errno=_errno.EEXIST)
                 if not exists:
                     if work is None:
-                        work = self._new_work()
-                        fd = os.open(work, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                        work, fd = self._new_staged()
                     node = _Node(
                         path, work, None, 0, time.time_ns(), self._remote_key(path),
                         self._ignored(path), dirty=True,
