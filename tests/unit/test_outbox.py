@@ -99,6 +99,26 @@ def test_newer_enqueue_replaces_unsent(tmp_path: Path, server: LocalServer, remo
     assert "b.txt" not in remote_files(remote)
 
 
+def test_status_counts_everything_and_lists_at_most_the_limit(
+    tmp_path: Path, remote: ProjectClient
+):
+    # A mount writes this summary every second: it shows the true count, the oldest entries
+    # in queue order, and the newest conflicts, whatever the length of the queue.
+    box = Outbox(tmp_path / "ob", remote)
+    for i in range(7):
+        box.enqueue_upload(f"f{i}.txt", stage(box, b"x"), base_key=None)
+    for i in range(3):
+        box._record_conflict(f"c{i}.txt", f"c{i}.conflict.txt", "both_changed", f"conflict {i}")
+    st = box.status(limit=2)
+    assert st["pending_uploads"] == 7
+    assert st["pending"] == [{"path": "f0.txt", "op": "upload"}, {"path": "f1.txt", "op": "upload"}]
+    assert [c["path"] for c in st["conflicts"]] == ["c1.txt", "c2.txt"]
+    assert st["failed"] == []
+    assert st["deletions_kept_local"] == []
+    assert len(box.status()["pending"]) == 7
+    box.close()
+
+
 def test_entry_due_sooner_is_sent_when_due(
     tmp_path: Path, server: LocalServer, remote: ProjectClient
 ):
