@@ -9,7 +9,8 @@ open for reading, and eviction. Must not know paths, trees, FUSE or HTTP: bytes 
 Layout and why:
 - The index and the size/LRU bookkeeping are a diskcache.Cache (`eviction_policy=
   'least-recently-used'`; diskcache's default is least-recently-stored). Every blob is stored as
-  a file in diskcache's own directory layout, so diskcache accounts its size and deletes it.
+  a file diskcache accounts and deletes, in one level of 256 folders kept once made (diskcache's
+  own two random levels made a new folder, a new inode, for nearly every blob).
 - A download streams into `partial/<random>` inside the same directory (same filesystem). When it
   is complete and verified, `_BlobDisk.store` *renames* that file into diskcache's layout: the
   bytes are moved, never copied (diskcache's `set(read=True)` would copy them). A short download
@@ -76,7 +77,19 @@ class _MoveIn:
 
 
 class _BlobDisk(diskcache.Disk):  # type: ignore[misc]
-    """diskcache's Disk, plus storing a finished download by renaming it into place."""
+    """diskcache's Disk, plus storing a finished download by renaming it into place, in one
+    level of at most 256 folders that are kept once made.
+
+    diskcache's own layout is two random levels (65,536 folders), removed when emptied: nearly
+    every blob stored made a folder or two, and evicting it removed them. Each new folder is a
+    new inode, which costs (see the outbox's staging files); 256 folders of a 10 GiB cache of
+    10 KiB blobs hold about 4,000 files each, which ext4's hashed directories handle well.
+    """
+
+    def filename(self, key: Any = diskcache.UNKNOWN, value: Any = diskcache.UNKNOWN) -> Any:
+        name = os.urandom(16).hex()
+        filename = os.path.join(name[:2], name[2:] + ".val")
+        return filename, os.path.join(self._directory, filename)
 
     def store(self, value: Any, read: bool, key: Any = diskcache.UNKNOWN) -> Any:
         if isinstance(value, _MoveIn):
@@ -86,6 +99,12 @@ class _BlobDisk(diskcache.Disk):  # type: ignore[misc]
             os.chmod(full_path, 0o600)  # an adopted upload keeps the mode it was staged with
             return value.size, _MODE_BINARY, filename, None
         return super().store(value, read, key)
+
+    def remove(self, file_path: str) -> None:
+        # The file only: an emptied folder stays for the next blob (and a store racing with a
+        # removal never finds its folder gone).
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(self._directory, file_path))
 
 
 @dataclass(eq=False)

@@ -236,7 +236,7 @@ def test_cache_dir_is_private(tmp_path: Path) -> None:
         for name in [*dirnames, *filenames]:
             path = os.path.join(dirpath, name)
             modes[os.path.relpath(path, root)] = os.stat(path).st_mode & 0o777
-    assert any(p.startswith("blobs/") and p.count("/") >= 3 for p in modes)  # a blob file
+    assert any(p.startswith("blobs/") and p.endswith(".val") for p in modes)  # a blob file
     assert "blobs/cache.db" in modes
     wrong = {
         p: oct(m) for p, m in modes.items() if m != (0o700 if os.path.isdir(root / p) else 0o600)
@@ -450,6 +450,44 @@ def test_close_moves_pending_adoptions_in(tmp_path: Path) -> None:
     reopened = make(tmp_path, FakeFetcher({}))
     assert all(reopened.contains(key) for key, _ in blobs)
     assert all(read_all(reopened, key, len(data)) == data for key, data in blobs)
+    reopened.close()
+
+
+def test_blobs_live_one_folder_deep_and_eviction_keeps_the_folders(tmp_path: Path) -> None:
+    # diskcache's own layout made a folder or two per blob (and removed them on eviction):
+    # each is a new inode. Ours is one level of at most 256 folders, kept once made.
+    blobs = [blob(4096, seed) for seed in range(300)]
+    cache = make(tmp_path, FakeFetcher({}))
+    for i, (key, data) in enumerate(blobs):
+        f = tmp_path / f"s{i}"
+        f.write_bytes(data)
+        assert cache.adopt(key, f, len(data))
+    cache.close()  # moves every adoption in
+    root = tmp_path / "cache" / "blobs"
+
+    def layout() -> tuple[set[str], list[Path]]:
+        folders = [p for p in root.iterdir() if p.is_dir() and p.name != "partial"]
+        return {d.name for d in folders}, [f for d in folders for f in d.iterdir()]
+
+    folders, files = layout()
+    assert len(files) == 300
+    assert all(len(name) == 2 for name in folders)
+    assert len(folders) <= 256
+    assert all(f.is_file() and f.suffix == ".val" for f in files)
+
+    # A small limit evicts most of them: the files go, every folder stays.
+    small = make(tmp_path, FakeFetcher({}), limit=150 * 4096)  # the index counts too
+    key, data = blob(4096, 999)
+    (tmp_path / "last").write_bytes(data)
+    assert small.adopt(key, tmp_path / "last", len(data))
+    small.close()
+    after, left = layout()
+    assert 0 < len(left) < 150
+    assert folders <= after
+    reopened = make(tmp_path, FakeFetcher({}))
+    kept = [(k, d) for k, d in [*blobs, (key, data)] if reopened.contains(k)]
+    assert len(kept) == len(left)
+    assert all(read_all(reopened, k, len(d)) == d for k, d in kept)
     reopened.close()
 
 
