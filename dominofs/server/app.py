@@ -429,7 +429,7 @@ class Server:
             raise ApiError(403, f"user {user.name} has no access to project {pid}")
         cid = self._resolve(project, segs[0])
         path = file_path(segs[1:])
-        files, _ = project.files(cid)
+        files = project.file_map(cid)
         entry = files.get(path)
         if entry is None:
             raise ApiError(404, f"{path!r} not found in commit {cid}")
@@ -516,7 +516,7 @@ class Server:
             raise ApiError(400, "'commitId' must be a string or null")
         cid = self._resolve(project, commit) if commit else project.head
         path = file_path(file.split("/"))
-        files, _ = project.files(cid)
+        files = project.file_map(cid)
         if path not in files:
             raise ApiError(400, f"file {path!r} is not in commit {cid}")
         if not path.endswith(".py"):

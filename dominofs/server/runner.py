@@ -404,7 +404,7 @@ class Runner:
     def _write_outputs(self, run: Run, changes: dict[str, Path | None]) -> str:
         """Store changed files and commit them on top of head. Caller holds project.lock."""
         project = run.project
-        head_files, _ = project.files(project.head)
+        head_files = project.file_map(project.head)
         head_folders = project.folders(project.head)
         when = now_ms()
         entries: dict[str, FileEntry | None] = {}

@@ -177,3 +177,18 @@ def test_the_log_decides_the_head_and_a_commit_replaces_no_file(tmp_path: Path) 
     # A HEAD file an older version left behind the log does not win over it.
     (project.dir / "HEAD").write_text(project.commits()[1])
     assert Store.open(tmp_path).projects["alice/p"].head == cid
+
+
+def test_commits_leave_sorting_to_the_listing_that_needs_it(tmp_path: Path) -> None:
+    # A burst of sequential commits on a big project sorted every path once per commit; the
+    # sort now waits for a listing of that commit, and happens once for it.
+    store = Store.open(tmp_path)
+    store.add_user("alice", "k")
+    project = store.add_project("alice/p")
+    for i in (3, 1, 2):
+        project.write_commit({f"d/f{i}.txt": _entry(store, i)}, f"put {i}")
+        assert project._cache[project.head]._paths is None
+    files, paths = project.files(project.head)
+    assert paths == [".dominoignore", "README.md", "d/f1.txt", "d/f2.txt", "d/f3.txt"]
+    assert project.files(project.head)[1] is paths
+    assert set(project.file_map(project.head)) == set(files)
