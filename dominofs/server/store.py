@@ -509,8 +509,9 @@ class Project:
             self._depth[info.id] = d
         self.keys |= new_keys
         self.head = new[-1][0].id
-        # Not sorted here: a burst of sequential commits would sort the whole project once
-        # per commit (100,000 paths: tens of ms each); a listing sorts once per commit it shows.
+        # Not sorted here: a burst of sequential commits would sort the whole project once per
+        # commit (100,000 paths: 1.4 ms in order, 30 ms shuffled); a listing sorts once per
+        # commit it shows.
         self._remember(self.head, _Files(files))
         self._remember_folders(self.head, folders)
         return results
