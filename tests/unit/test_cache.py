@@ -215,6 +215,38 @@ def test_blob_open_for_reading_is_never_evicted(tmp_path: Path) -> None:
     cache.close()
 
 
+def test_eviction_walks_past_more_pinned_blobs_than_one_batch(tmp_path: Path) -> None:
+    # Eviction reads the oldest rows a batch at a time: blobs open for reading at the front of
+    # the order (more than a batch of them) are skipped, and the next oldest go.
+    old = [blob(4096, seed) for seed in range(70)]
+    new = [blob(4096, seed) for seed in range(70, 170)]
+    cache = make(tmp_path, FakeFetcher({}), limit=1 << 30)
+
+    def adopt_all(blobs: list[tuple[str, bytes]], tag: str) -> None:
+        for i, (key, data) in enumerate(blobs):
+            f = tmp_path / f"{tag}{i}"
+            f.write_bytes(data)
+            assert cache.adopt(key, f, len(data))
+        deadline = time.monotonic() + 20
+        while not all(cache.contains(k) for k, _ in blobs) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    adopt_all(old, "o")
+    readers = [cache.open(key, len(data)) for key, data in old]  # pinned, and used just now
+    time.sleep(0.05)
+    adopt_all(new, "n")
+    time.sleep(0.2)  # the adopter's own cull is done
+    cache.size_limit = cache.volume() - 10 * 4096  # about ten blobs too many
+    cache._cull()
+    assert all(cache.contains(key) for key, _ in old)
+    gone = [key for key, _ in new if not cache.contains(key)]
+    assert 10 <= len(gone) <= 12
+    assert gone == [key for key, _ in new[: len(gone)]]  # the oldest unpinned ones
+    for r in readers:
+        r.close()
+    cache.close()
+
+
 def test_empty_blob_needs_no_download(tmp_path: Path) -> None:
     fetch = FakeFetcher({})
     cache = make(tmp_path, fetch)
