@@ -357,7 +357,7 @@ def run(remote: Remote, options: MountOptions) -> None:
         reachable=reachable,
         outbox=outbox,
         upload_delay=options.upload_delay,
-        attrs_path=state_dir / "attrs.json",
+        modes_path=state_dir / "modes.jsonl",
         ignore=_ignore_rules(cache, tree) if writable else None,
     )
     if reachable:

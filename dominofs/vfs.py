@@ -37,6 +37,7 @@ from .cache import BlobCache
 from .errors import DominoError, NotFound, NotSupported, ReadOnly, Unreachable
 from .ignore import IgnoreRules
 from .models import Remote, UploadResult
+from .modes import ModeJournal
 from .outbox import DeleteOutcome, Entry, Outbox
 from .runsdir import START, RunsDir
 from .tree import Diff, Tree
@@ -192,7 +193,7 @@ class VFS:
         reachable: bool = True,
         outbox: Outbox | None = None,
         upload_delay: float = 1.0,
-        attrs_path: Path | None = None,
+        modes_path: Path | None = None,
         ignore: IgnoreRules | None = None,
     ) -> None:
         self._remote = remote
@@ -226,14 +227,18 @@ class VFS:
         self._outbox = None if self.read_only else outbox
         self.upload_delay = upload_delay
         self._ignore = ignore or IgnoreRules()
-        self._attrs_path = attrs_path
+        self._modes = ModeJournal(modes_path) if modes_path is not None else None
         self._gen = 0
         self._nodes: dict[str, _Node] = {}
         self._hidden: dict[str, float | None] = {}  # path -> monotonic time the server deleted
         self._kept: set[str] = set()  # deletions the server could not do (no DELETE)
         self._dirs: set[str] = set()
         self._gone_dirs: set[str] = set()
-        self._attrs: dict[str, dict[str, int]] = self._load_attrs()
+        # path -> {"mode": bits, "mtime": ns}: kept in the mount (the API has neither); modes
+        # are journaled (a remount shows them), mtimes of server files are not.
+        self._attrs: dict[str, dict[str, int]] = {
+            p: {"mode": m} for p, m in (self._modes.modes if self._modes else {}).items()
+        }
         cache.on_failed = self._on_blob_failed
         if self._outbox is not None:
             self._outbox.on_uploaded = self._on_uploaded
@@ -282,6 +287,9 @@ class VFS:
                 h.close()
             except Exception:
                 log.exception("closing a handle failed")
+        if self._modes is not None:
+            with self._lock:
+                self._modes.close()
 
     def _poll_loop(self) -> None:
         # While the server is away, retry sooner than the interval so the mount recovers quickly.
@@ -1085,7 +1093,7 @@ class VFS:
                     self._attrs.pop(path, None)
                     if mode & 0o7777 not in (0o644, 0o666):
                         self._attrs[path] = {"mode": mode & 0o7777}
-                        self._save_attrs()
+                    self._record_mode(path)
                     opened = self._add_writer(node, flags, fd)
                     fd = -1  # the handle owns it
                     return opened
@@ -1132,6 +1140,8 @@ class VFS:
             self._dirs.discard(path)
             if self._tree.is_dir(path[1:]):
                 self._gone_dirs.add(path)
+            self._attrs.pop(path, None)
+            self._record_mode(path)
             self._changed()
 
     def unlink(self, path: str) -> None:
@@ -1155,6 +1165,7 @@ class VFS:
                 self._drop_node(obj)
             self._remove_server_file(path, base, sent=sent)
             self._attrs.pop(path, None)
+            self._record_mode(path)
             self._changed()
 
     def rename(self, old: str, new: str) -> None:
@@ -1278,7 +1289,10 @@ class VFS:
         self._nodes[new] = node
         if old in self._attrs:
             self._attrs[new] = self._attrs.pop(old)
-            self._save_attrs()
+        else:
+            self._attrs.pop(new, None)
+        self._record_mode(old)
+        self._record_mode(new)
         self._page_key.pop(new, None)
         self._page_key.pop(old, None)
         if node.local:
@@ -1298,7 +1312,7 @@ class VFS:
             if self._lookup(path)[0] == "none":
                 raise NotFound(f"{path}: no such file or folder")
             self._attrs.setdefault(path, {})["mode"] = mode & 0o7777
-            self._save_attrs()
+            self._record_mode(path)
             self._changed()
 
     def chown(self, path: str, uid: int, gid: int) -> None:
@@ -1438,26 +1452,10 @@ class VFS:
                 "resuming %d queued uploads and %d deletions", len(self._nodes), len(self._hidden)
             )
 
-    def _load_attrs(self) -> dict[str, dict[str, int]]:
-        if self._attrs_path is None:
-            return {}
-        try:
-            data = json.loads(self._attrs_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def _save_attrs(self) -> None:
-        """Persist modes (a remount shows them). Caller holds the lock."""
-        if self._attrs_path is None:
-            return
-        keep = {p: {"mode": a["mode"]} for p, a in self._attrs.items() if "mode" in a}
-        tmp = self._attrs_path.with_name(self._attrs_path.name + ".tmp")
-        try:
-            tmp.write_text(json.dumps(keep), encoding="utf-8")
-            os.replace(tmp, self._attrs_path)
-        except OSError as exc:
-            log.warning("cannot save file modes to %s: %s", self._attrs_path, exc.strerror)
+    def _record_mode(self, path: str) -> None:
+        """Journal `path`'s mode as it now stands (none: the default). Caller holds the lock."""
+        if self._modes is not None:
+            self._modes.record(path, self._attrs.get(path, {}).get("mode"))
 
     # -- status --------------------------------------------------------------------------
 

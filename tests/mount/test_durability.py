@@ -105,10 +105,21 @@ def test_chmod_survives_remount(fenv: Env) -> None:
     h = MountHarness(fenv)
     h.write("/run.sh", b"echo hi\n")
     os.chmod(h.p("run.sh"), 0o755)
+    # A mode follows a rename and leaves with an unlink: a file made again at that name has
+    # the default mode after a remount too.
+    h.write("/tool.sh", b"echo tool\n")
+    os.chmod(h.p("tool.sh"), 0o700)
+    os.rename(h.p("tool.sh"), h.p("bin.sh"))
+    h.write("/gone.sh", b"echo gone\n")
+    os.chmod(h.p("gone.sh"), 0o711)
+    os.unlink(h.p("gone.sh"))
+    h.write("/gone.sh", b"echo back\n")
     h.settled()
     fenv.unmount(h.mount)
     h2 = MountHarness(fenv)
     assert stat.S_IMODE(os.stat(h2.p("run.sh")).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(h2.p("bin.sh")).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(h2.p("gone.sh")).st_mode) == 0o644
 
 
 @pytest.fixture

@@ -88,7 +88,7 @@ class VfsHarness(Harness):
             poll_interval=0,
             outbox=self.outbox,
             upload_delay=float(DELAY),
-            attrs_path=tmp / "attrs.json",
+            modes_path=tmp / "modes.jsonl",
         )
         self.outbox.start()
         self.vfs.start()
