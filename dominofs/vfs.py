@@ -131,6 +131,83 @@ class _Node:
     uploaded_at: float | None = None  # monotonic time the server took these bytes
 
 
+class _Children:
+    """The names directly in each folder, for the paths the overlay holds (nodes and folders
+    made here), so listing a folder does not scan the whole overlay."""
+
+    __slots__ = ("_by_folder",)
+
+    def __init__(self) -> None:
+        self._by_folder: dict[str, dict[str, int]] = {}  # folder -> {name: how many hold it}
+
+    def add(self, path: str) -> None:
+        folder, _, name = path.rpartition("/")
+        names = self._by_folder.setdefault(folder or "/", {})
+        names[name] = names.get(name, 0) + 1
+
+    def remove(self, path: str) -> None:
+        folder, _, name = path.rpartition("/")
+        folder = folder or "/"
+        names = self._by_folder.get(folder, {})
+        n = names.get(name, 0) - 1
+        if n > 0:
+            names[name] = n
+            return
+        names.pop(name, None)
+        if not names:
+            self._by_folder.pop(folder, None)
+
+    def names(self, folder: str) -> Iterable[str]:
+        return self._by_folder.get(folder, {}).keys()
+
+
+class _NodeMap(dict[str, _Node]):
+    """path -> _Node, telling a _Children index of every path added or removed."""
+
+    __slots__ = ("_children",)
+
+    def __init__(self, children: _Children) -> None:
+        super().__init__()
+        self._children = children
+
+    def __setitem__(self, path: str, node: _Node) -> None:
+        if path not in self:
+            self._children.add(path)
+        super().__setitem__(path, node)
+
+    def __delitem__(self, path: str) -> None:
+        super().__delitem__(path)
+        self._children.remove(path)
+
+    def pop(self, path: str, *default: Any) -> Any:
+        if path in self:
+            self._children.remove(path)
+            return super().pop(path)
+        if default:
+            return default[0]
+        raise KeyError(path)
+
+
+class _DirSet(set[str]):
+    """Folders made in the mount, telling a _Children index of every one added or removed."""
+
+    __slots__ = ("_children",)
+
+    def __init__(self, children: _Children) -> None:
+        super().__init__()
+        self._children = children
+
+    def add(self, path: str) -> None:
+        if path not in self:
+            self._children.add(path)
+            super().add(path)
+
+    def discard(self, path: object) -> None:
+        if isinstance(path, str) and path in self:
+            super().discard(path)
+            self._children.remove(path)
+
+
 class _FileHandle:
     """A handle on a node's staging file (pread/pwrite on its own fd)."""
 
@@ -229,10 +306,13 @@ class VFS:
         self._ignore = ignore or IgnoreRules()
         self._modes = ModeJournal(modes_path) if modes_path is not None else None
         self._gen = 0
-        self._nodes: dict[str, _Node] = {}
+        # Listing a folder asks _children, not every node and folder of the overlay (a scan
+        # per readdir and rmdir made `ls -R` and `rm -rf` of a big new tree quadratic).
+        self._children = _Children()
+        self._nodes: dict[str, _Node] = _NodeMap(self._children)
         self._hidden: dict[str, float | None] = {}  # path -> monotonic time the server deleted
         self._kept: set[str] = set()  # deletions the server could not do (no DELETE)
-        self._dirs: set[str] = set()
+        self._dirs: set[str] = _DirSet(self._children)
         self._gone_dirs: set[str] = set()
         # path -> {"mode": bits, "mtime": ns}: kept in the mount (the API has neither); modes
         # are journaled (a remount shows them), mtimes of server files are not.
@@ -869,9 +949,7 @@ class VFS:
         for n in children or ():
             if self._lookup(prefix + n)[0] != "none":
                 names.add(n)
-        for p in (*self._nodes, *self._dirs):
-            if p.startswith(prefix) and "/" not in p[len(prefix) :]:
-                names.add(p[len(prefix) :])
+        names.update(self._children.names(path))
         return sorted(names)
 
     def _remote_key(self, path: str) -> str | None:

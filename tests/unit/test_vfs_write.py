@@ -84,3 +84,54 @@ def test_rename_before_the_timer_never_uploads_the_old_name(h: VfsHarness) -> No
     assert files["final.txt"] == b"d"
     assert "draft.txt" not in files
     assert h.server.requests_count("PUT upload") == 1
+
+
+def test_listings_follow_every_change_of_the_overlay(h: VfsHarness) -> None:
+    # Folders are listed from an index of the overlay kept in step with every change (a scan of
+    # the whole overlay per readdir made `ls -R` and `rm -rf` of a big new tree quadratic).
+    # A random mix of the changes that touch it must list what the calls made.
+    import random
+
+    rng = random.Random(7)
+    h.vfs.upload_delay = 3600
+    want: dict[str, set[str]] = {"/": set(h.vfs.readdir("/"))}  # folder -> names in it
+    done: dict[str, int] = {}
+    for step in range(600):
+        parent = rng.choice(sorted(want))
+        op = rng.choice(["file", "mkdir", "unlink", "rmdir", "rename"])
+        there = sorted(n for n in want[parent] if not n.startswith("."))  # not .runs/.dominofs
+        if op in ("unlink", "rmdir", "rename") and there:
+            name = rng.choice(there)
+        else:
+            name = f"n{rng.randrange(8)}"
+        path = ("" if parent == "/" else parent) + "/" + name
+        is_file = name in want[parent] and path not in want
+        try:
+            if op == "file" and name not in want[parent]:
+                h.write(path, b"x")
+                want[parent].add(name)
+            elif op == "mkdir" and name not in want[parent]:
+                h.vfs.mkdir(path, 0o755)
+                want[parent].add(name)
+                want[path] = set()
+            elif op == "unlink" and is_file:
+                h.vfs.unlink(path)
+                want[parent].discard(name)
+            elif op == "rmdir" and path in want and not want[path]:
+                h.vfs.rmdir(path)
+                want[parent].discard(name)
+                del want[path]
+            elif op == "rename" and is_file:
+                dest_parent = rng.choice(sorted(want))
+                dest = ("" if dest_parent == "/" else dest_parent) + f"/r{step}"
+                h.vfs.rename(path, dest)
+                want[parent].discard(name)
+                want[dest_parent].add(f"r{step}")
+            else:
+                continue
+        except DominoError as exc:
+            pytest.fail(f"step {step}: {op} {path}: {exc}")
+        done[op] = done.get(op, 0) + 1
+        for folder, names in want.items():
+            assert set(h.vfs.readdir(folder)) - {".", ".."} == names, (step, op, path, folder)
+    assert min(done.get(op, 0) for op in ("file", "mkdir", "unlink", "rmdir", "rename")) >= 10
