@@ -433,8 +433,9 @@ class Outbox:
             (pending_count,) = self._db.execute(
                 "SELECT COUNT(*) FROM entries WHERE state = 'pending'"
             ).fetchone()
-            pending = self._db.execute(
-                "SELECT path, op FROM entries WHERE state = 'pending' ORDER BY id LIMIT ?",
+            pending = self._db.execute(  # next to be sent first: the due index's own order
+                "SELECT path, op FROM entries WHERE state = 'pending' ORDER BY next_try, id "
+                "LIMIT ?",
                 (limit,),
             ).fetchall()
             failed = self._db.execute(
@@ -568,17 +569,21 @@ class Outbox:
                     self._idle.notify_all()
 
     def _claim(self) -> tuple[Entry | None, float]:
-        """The oldest sendable entry, or None and how long to wait. Needs self._cond held."""
+        """The sendable entry due first (the oldest among equals), or None and how long to wait.
+        Needs self._cond held."""
         now = time.time()
         if self._pause_until > now:
             return None, min(1.0, self._pause_until - now)
         # At most two entries per path (one in flight, one newer): skipping the paths in
-        # flight never needs more rows than this.
+        # flight never needs more rows than this, in any order.
         limit = 2 * len(self._inflight) + 1
         with self._db_lock:
+            # In the order of the (state, next_try) index, which ends in the id: the first rows
+            # come without a sort. ORDER BY id sorted every due row per claim (11 ms each with
+            # 100,000 due, as after a restart or an outage: a queue drained at 90 a second).
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM entries WHERE state = 'pending' AND next_try <= ? "
-                "ORDER BY id LIMIT ?",
+                "ORDER BY next_try, id LIMIT ?",
                 (now, limit),
             ).fetchall()
             for row in rows:
@@ -671,7 +676,7 @@ class Outbox:
                     r[0]
                     for r in self._db.execute(
                         "SELECT path FROM entries WHERE state = 'pending' AND next_try <= ? "
-                        "ORDER BY id LIMIT 512",
+                        "ORDER BY next_try, id LIMIT 512",
                         (now,),
                     )
                 ]

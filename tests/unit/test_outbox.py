@@ -119,6 +119,27 @@ def test_status_counts_everything_and_lists_at_most_the_limit(
     box.close()
 
 
+def test_the_queue_is_read_in_the_order_entries_come_due(tmp_path: Path, remote: ProjectClient):
+    # Claims and the summary read the queue in the order of its (state, next_try) index (ties
+    # by id): the first rows come without sorting every due entry, which took 11 ms per claim
+    # with 100,000 due. (A start makes everything due at once, in queue order.)
+    sent: list[str] = []
+    box = Outbox(tmp_path / "ob", remote, on_uploaded=lambda p, *_: sent.append(p))
+    now = time.time()
+    for name, due in (("a.txt", now - 1), ("b.txt", now - 3), ("c.txt", now - 2)):
+        box.enqueue_upload(name, stage(box, name.encode()), base_key=None, not_before=due)
+    assert [p["path"] for p in box.status()["pending"]] == ["b.txt", "c.txt", "a.txt"]
+    with box._cond:
+        first, _ = box._claim()
+    assert first is not None
+    assert first.path == "b.txt"
+    box._inflight.clear()
+    box.start()
+    assert box.wait_idle(20)
+    box.close()
+    assert sorted(sent) == ["a.txt", "b.txt", "c.txt"]
+
+
 def test_entry_due_sooner_is_sent_when_due(
     tmp_path: Path, server: LocalServer, remote: ProjectClient
 ):
