@@ -52,6 +52,10 @@ _MAX_START_BYTES = 1 << 20
 _SETTLE_QUIET = 0.2  # a burst of our own uploads is over after this long without one
 _SETTLE_GAP = 1.0  # at least this long between listings asked for because of our uploads
 _SETTLE_MAX = 3.0  # however long the burst, a listing at least this often
+# ...and, for a project whose listing is slow to fetch, diff and save, both stretched so that
+# these listings take at most this share of the time: with 100,000 files one took about 1 s
+# and a burst of our own uploads had the poller busy half the time.
+_SETTLE_SHARE = 0.1
 _HELD = 10 * 365 * 86400.0  # "not before" of an upload held while a writer is open
 
 StatDict = dict[str, int]
@@ -297,6 +301,7 @@ class VFS:
         self.reachable = reachable
         self.last_error: str | None = None
         self.last_refresh: float | None = time.time() if reachable else None
+        self._refresh_cost = 0.0  # seconds the last new listing took (fetch, diff, save)
         self.invalidate: Callable[[Iterable[str]], None] | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()  # our own upload landed: look at the head commit now
@@ -393,15 +398,18 @@ class VFS:
 
     def _quiet(self, last: float) -> None:
         """Wait until our uploads pause for _SETTLE_QUIET s (at most _SETTLE_MAX s in all) and
-        the previous listing (at `last`) is at least _SETTLE_GAP s old."""
+        the previous listing (at `last`) is at least _SETTLE_GAP s old; both stretched for a
+        listing that is slow (_SETTLE_SHARE)."""
         start = time.monotonic()
+        stretched = self._refresh_cost / _SETTLE_SHARE
+        gap, longest = max(_SETTLE_GAP, stretched), max(_SETTLE_MAX, stretched)
         while not self._stop.is_set():
             now = time.monotonic()
-            if now >= start + _SETTLE_MAX:
+            if now >= start + longest:
                 return
-            if now < last + _SETTLE_GAP:
-                self._wake.wait(min(last + _SETTLE_GAP, start + _SETTLE_MAX) - now)
-            elif not self._wake.wait(min(_SETTLE_QUIET, start + _SETTLE_MAX - now)):
+            if now < last + gap:
+                self._wake.wait(min(last + gap, start + longest) - now)
+            elif not self._wake.wait(min(_SETTLE_QUIET, start + longest - now)):
                 return
             self._wake.clear()
 
@@ -425,7 +433,9 @@ class VFS:
         self.last_refresh = time.time()
         if new is None:
             return None
-        return self.swap_tree(new, started=started)
+        diff = self.swap_tree(new, started=started)
+        self._refresh_cost = time.monotonic() - started
+        return diff
 
     def swap_tree(self, new: Tree, *, started: float | None = None) -> Diff:
         """Make `new` the current tree; invalidate only the paths that changed.

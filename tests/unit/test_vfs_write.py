@@ -135,3 +135,33 @@ def test_listings_follow_every_change_of_the_overlay(h: VfsHarness) -> None:
         for folder, names in want.items():
             assert set(h.vfs.readdir(folder)) - {".", ".."} == names, (step, op, path, folder)
     assert min(done.get(op, 0) for op in ("file", "mkdir", "unlink", "rmdir", "rename")) >= 10
+
+
+def test_a_slow_listing_is_asked_for_less_often_after_our_uploads(
+    h: VfsHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After our own uploads the poller waits before asking for a new listing. For a project
+    # whose listing is slow (100,000 files: about 1 s to fetch, diff and save) the wait grows,
+    # so those listings take at most _SETTLE_SHARE of the time.
+    import time
+
+    from dominofs import vfs as vfs_module
+
+    monkeypatch.setattr(vfs_module, "_SETTLE_GAP", 0.05)
+    monkeypatch.setattr(vfs_module, "_SETTLE_MAX", 0.1)
+    monkeypatch.setattr(vfs_module, "_SETTLE_SHARE", 0.1)
+    h.write("/new.txt", b"new")
+    h.settled()
+    wait_for(lambda: h.vfs.tree.file("new.txt") is not None, what="the new commit is seen")
+    assert h.vfs._refresh_cost > 0  # the listing that showed our upload was timed
+
+    def quiet_for(cost: float) -> float:
+        h.vfs._refresh_cost = cost
+        t0 = time.monotonic()
+        h.vfs._quiet(time.monotonic())  # a listing was just taken
+        return time.monotonic() - t0
+
+    fast = quiet_for(0.0)
+    slow = quiet_for(0.08)  # stretched to 0.08 / 0.1 = 0.8 s
+    assert slow >= 0.75
+    assert slow > fast + 0.3
