@@ -402,6 +402,9 @@ class VFS:
         listing that is slow (_SETTLE_SHARE)."""
         start = time.monotonic()
         stretched = self._refresh_cost / _SETTLE_SHARE
+        if self.poll_interval > 0:
+            # One slow listing (a hiccup) must not hide others' changes past the poll interval.
+            stretched = min(stretched, self.poll_interval)
         gap, longest = max(_SETTLE_GAP, stretched), max(_SETTLE_MAX, stretched)
         while not self._stop.is_set():
             now = time.monotonic()

@@ -161,7 +161,13 @@ def test_a_slow_listing_is_asked_for_less_often_after_our_uploads(
         h.vfs._quiet(time.monotonic())  # a listing was just taken
         return time.monotonic() - t0
 
+    h.vfs.poll_interval = 0  # only our own uploads ask for listings
     fast = quiet_for(0.0)
     slow = quiet_for(0.08)  # stretched to 0.08 / 0.1 = 0.8 s
     assert slow >= 0.75
     assert slow > fast + 0.3
+    # With polling on, never past the poll interval, however slow the last listing was.
+    h.vfs.poll_interval = 0.4
+    capped = quiet_for(0.5)
+    assert capped >= 0.35
+    assert capped < slow
