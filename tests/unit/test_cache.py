@@ -57,6 +57,22 @@ def make(tmp_path: Path, fetch: FakeFetcher, limit: int = 100 * MiB) -> BlobCach
     return BlobCache(tmp_path / "cache", size_limit=limit, fetch=fetch, wait_timeout=10)
 
 
+def adopt_files(cache: BlobCache, folder: Path, blobs: list[tuple[str, bytes]], tag: str) -> None:
+    """Write each blob to its own file in `folder` and hand it to the cache to adopt."""
+    for i, (key, data) in enumerate(blobs):
+        f = folder / f"{tag}{i}"
+        f.write_bytes(data)
+        assert cache.adopt(key, f, len(data))
+
+
+def moved_in(cache: BlobCache, timeout: float = 20.0) -> None:
+    """Wait until the cache's adopter has moved every adopted file into the index."""
+    deadline = time.monotonic() + timeout
+    while cache._adopting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not cache._adopting
+
+
 def read_all(cache: BlobCache, key: str, size: int) -> bytes:
     r = cache.open(key, size)
     try:
@@ -221,21 +237,12 @@ def test_eviction_walks_past_more_pinned_blobs_than_one_batch(tmp_path: Path) ->
     old = [blob(4096, seed) for seed in range(70)]
     new = [blob(4096, seed) for seed in range(70, 170)]
     cache = make(tmp_path, FakeFetcher({}), limit=1 << 30)
-
-    def adopt_all(blobs: list[tuple[str, bytes]], tag: str) -> None:
-        for i, (key, data) in enumerate(blobs):
-            f = tmp_path / f"{tag}{i}"
-            f.write_bytes(data)
-            assert cache.adopt(key, f, len(data))
-        deadline = time.monotonic() + 20
-        while not all(cache.contains(k) for k, _ in blobs) and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-    adopt_all(old, "o")
+    adopt_files(cache, tmp_path, old, "o")
+    moved_in(cache)
     readers = [cache.open(key, len(data)) for key, data in old]  # pinned, and used just now
     time.sleep(0.05)
-    adopt_all(new, "n")
-    time.sleep(0.2)  # the adopter's own cull is done
+    adopt_files(cache, tmp_path, new, "n")
+    moved_in(cache)
     cache.size_limit = cache.volume() - 10 * 4096  # about ten blobs too many
     cache._cull()
     assert all(cache.contains(key) for key, _ in old)
@@ -474,10 +481,7 @@ def test_adopted_file_is_served_at_once_then_moved_in_not_copied(tmp_path: Path)
 def test_close_moves_pending_adoptions_in(tmp_path: Path) -> None:
     blobs = [blob(64 * 1024, seed) for seed in range(50)]
     cache = make(tmp_path, FakeFetcher({}))
-    for i, (key, data) in enumerate(blobs):
-        f = tmp_path / f"s{i}"
-        f.write_bytes(data)
-        assert cache.adopt(key, f, len(data))
+    adopt_files(cache, tmp_path, blobs, "s")
     cache.close()
     reopened = make(tmp_path, FakeFetcher({}))
     assert all(reopened.contains(key) for key, _ in blobs)
@@ -490,10 +494,7 @@ def test_blobs_live_one_folder_deep_and_eviction_keeps_the_folders(tmp_path: Pat
     # each is a new inode. Ours is one level of at most 256 folders, kept once made.
     blobs = [blob(4096, seed) for seed in range(300)]
     cache = make(tmp_path, FakeFetcher({}))
-    for i, (key, data) in enumerate(blobs):
-        f = tmp_path / f"s{i}"
-        f.write_bytes(data)
-        assert cache.adopt(key, f, len(data))
+    adopt_files(cache, tmp_path, blobs, "s")
     cache.close()  # moves every adoption in
     root = tmp_path / "cache" / "blobs"
 
