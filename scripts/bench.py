@@ -12,6 +12,9 @@ dirs removed. A figure that cannot be measured (no /dev/fuse, the mount or sync 
 or failing) is reported as "skipped: reason"; the command still exits 0. Exit 1 only when the
 server itself cannot be started, 130 when interrupted.
 
+One figure is not a target: the copy-in again with every request to the server held 20 ms (the
+server's own latency fault), what a deployment some distance away looks like.
+
 Not part of the test suite: these are figures, not timed assertions.
 """
 
@@ -80,6 +83,7 @@ QUICK = Sizes(
     mount_saves=10, copy_files=300, sync_saves=40, watch_files=20_000, idle_s=5.0,
 )  # fmt: skip
 UPLOAD_DELAY = 0.2
+FAR = 0.02  # seconds of latency for the copy-in that is not on loopback (copy_in_far)
 
 
 @dataclass
@@ -892,8 +896,9 @@ class Bench:
             f"save-to-on-server of a 1 MiB file, p50 of {s.mount_saves}",
             f"{s.copy_files:,} files of 10 KiB copied in, all on the server",
             f"sequential write of {s.seq_write // MiB} MiB (dd bs=1M)",
+            f"{s.copy_files:,} files of 10 KiB copied in, server {FAR * 1000:.0f} ms away",
         ]
-        targets = [f"≤ {d * 1000:.0f} + 100 ms", "ratio ≤ 0.5", "ratio ≥ 0.5"]
+        targets = [f"≤ {d * 1000:.0f} + 100 ms", "ratio ≤ 0.5", "ratio ≥ 0.5", ""]
         reason = self.mount_skip_reason()
         if reason is not None:
             for name, target in zip(names, targets, strict=True):
@@ -931,19 +936,7 @@ class Bench:
                 r.raise_for_status()
             seq = time.perf_counter() - t
             settle()
-            t = time.perf_counter()
-            subprocess.run(["cp", "-r", str(src), str(mp / "many")], check=True, timeout=300)
-            copied = time.perf_counter() - t
-            deadline = time.perf_counter() + 300
-            got = 0
-            while time.perf_counter() < deadline:
-                got = self.count_on_server("write", "many/")
-                if got >= n:
-                    break
-                time.sleep(0.05)
-            total = time.perf_counter() - t
-            if got < n:
-                raise RuntimeError(f"only {got}/{n} copied files reached the server")
+            copied, total = self.copy_in(mp, src, "many", n)
             # The target's baseline: curl PUTting the files one after another (one connection).
             # A loop of PUTs on one requests Session, in this process, is noted for comparison.
             fig = Figure(
@@ -955,26 +948,39 @@ class Bench:
             self.add(fig.finish(total <= 0.5 * curl_loop))
             done = 2
 
+            # Best of `repeat` on each side, alternating: how fast a write is here depends on
+            # whether the kernel hands it pages freed a moment ago (cheap) or pages freed
+            # seconds ago, which this VM has given back to its host (6-8x dearer), for the
+            # local dd as much as for the mount.
             count = str(s.seq_write // MiB)
-            settle()
-            local = run_quiet(
-                ["dd", "if=/dev/zero", f"of={self.tmp / 'dd-local.bin'}", "bs=1M",
-                 f"count={count}"], timeout=300,
-            )  # fmt: skip
-            (self.tmp / "dd-local.bin").unlink()
-            settle()
-            into = run_quiet(
-                ["dd", "if=/dev/zero", f"of={mp / 'dd.bin'}", "bs=1M", f"count={count}"],
-                timeout=300,
-            )  # fmt: skip
+            locals_, intos = [], []
+            for i in range(s.repeat):
+                settle()
+                locals_.append(run_quiet(
+                    ["dd", "if=/dev/zero", f"of={self.tmp / 'dd-local.bin'}", "bs=1M",
+                     f"count={count}"], timeout=300,
+                ))  # fmt: skip
+                (self.tmp / "dd-local.bin").unlink()
+                settle()
+                intos.append(run_quiet(
+                    ["dd", "if=/dev/zero", f"of={mp / f'dd{i}.bin'}", "bs=1M", f"count={count}"],
+                    timeout=300,
+                ))  # fmt: skip
+                self.wait_on_server("write", f"dd{i}.bin", timeout=300)  # not during the next
+            local, into = min(locals_), min(intos)
             mbs, base = s.seq_write / into / 1e6, s.seq_write / local / 1e6
             fig = Figure(
                 "mount", names[2], mbs, "MB/s", base, "same dd to local disk",
                 target=targets[2],
-                note=f"{into:.2f}s vs {local:.2f}s local (dd exit, no fsync)",
+                note=f"{into:.2f}s vs {local:.2f}s local (dd exit, no fsync); best of "
+                f"{s.repeat}: mount {', '.join(f'{t:.2f}' for t in intos)}s, local "
+                f"{', '.join(f'{t:.2f}' for t in locals_)}s",
             )  # fmt: skip
             self.add(fig.finish(mbs >= 0.5 * base))
             done = 3
+
+            self.add(self.copy_in_far(mp, src, [f for f, _ in files], names[3]))
+            done = 4
         except (Skip, subprocess.SubprocessError, OSError, RuntimeError, ValueError,
                 requests.RequestException) as exc:  # fmt: skip
             for name, target in list(zip(names, targets, strict=True))[done:]:
@@ -982,6 +988,43 @@ class Bench:
         finally:
             for m in list(self.mounts):
                 self.unmount(m)
+
+    def copy_in(self, mp: Path, src: Path, folder: str, n: int) -> tuple[float, float]:
+        """`cp -r src` to the mount's `folder`: (seconds of cp, seconds until all n files are
+        on the server)."""
+        t = time.perf_counter()
+        subprocess.run(["cp", "-r", str(src), str(mp / folder)], check=True, timeout=300)
+        copied = time.perf_counter() - t
+        got = 0
+        while time.perf_counter() - t < 300:
+            got = self.count_on_server("write", f"{folder}/")
+            if got >= n:
+                break
+            time.sleep(0.05)
+        if got < n:
+            raise RuntimeError(f"only {got}/{n} copied files reached the server")
+        return copied, time.perf_counter() - t
+
+    def copy_in_far(self, mp: Path, src: Path, names: list[str], title: str) -> Figure:
+        """The copy-in again, with the server answering every request FAR seconds late.
+
+        Not a target: on loopback the local server and the mount share two cores, so the
+        target's figure measures CPU; a real deployment is some milliseconds away, and there
+        a sequential loop pays that per file while the mount's uploads overlap it.
+        """
+        assert self.server is not None
+        faults = f"{self.server.url}/_faults"
+        self.session.put(faults, json={"spec": f"*:latency={FAR}"}, timeout=10).raise_for_status()
+        try:
+            loop = self.curl_put_loop("curlput", "far", src, names)
+            copied, total = self.copy_in(mp, src, "far", len(names))
+        finally:
+            self.session.delete(faults, timeout=10)
+        return Figure(
+            "mount", title, total, "s", loop, "one curl PUTting them in turn, same latency",
+            note=f"cp took {copied:.2f}s; every request to the server waits {FAR * 1000:.0f} ms "
+            "(serve's latency fault); not a target",
+        ).finish()  # fmt: skip
 
     # ---- sync figures (issue 5)
 
