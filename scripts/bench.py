@@ -948,20 +948,22 @@ class Bench:
             self.add(fig.finish(total <= 0.5 * curl_loop))
             done = 2
 
-            # Best of `repeat` on each side, alternating: how fast a write is here depends on
-            # whether the kernel hands it pages freed a moment ago (cheap) or pages freed
-            # seconds ago, which this VM has given back to its host (6-8x dearer), for the
-            # local dd as much as for the mount.
+            # Best of `repeat` on each side, alternating, each right after freeing as many
+            # pages as it will write: how fast a write is here depends on whether the kernel
+            # hands it pages freed a moment ago (cheap) or pages freed seconds ago, which this
+            # VM has given back to its host (6-8x dearer).
             count = str(s.seq_write // MiB)
             locals_, intos = [], []
             for i in range(s.repeat):
                 settle()
+                self.free_fresh_pages(s.seq_write)
                 locals_.append(run_quiet(
                     ["dd", "if=/dev/zero", f"of={self.tmp / 'dd-local.bin'}", "bs=1M",
                      f"count={count}"], timeout=300,
                 ))  # fmt: skip
                 (self.tmp / "dd-local.bin").unlink()
                 settle()
+                self.free_fresh_pages(s.seq_write)
                 intos.append(run_quiet(
                     ["dd", "if=/dev/zero", f"of={mp / f'dd{i}.bin'}", "bs=1M", f"count={count}"],
                     timeout=300,
@@ -988,6 +990,16 @@ class Bench:
         finally:
             for m in list(self.mounts):
                 self.unmount(m)
+
+    def free_fresh_pages(self, size: int) -> None:
+        """Write `size` bytes to a scratch file and delete it: the next write of that size gets
+        pages freed a moment ago, whoever makes it."""
+        scratch = self.tmp / "scratch.bin"
+        with open(scratch, "wb") as f:
+            block = bytes(MiB)
+            for _ in range(size // MiB):
+                f.write(block)
+        scratch.unlink()
 
     def copy_in(self, mp: Path, src: Path, folder: str, n: int) -> tuple[float, float]:
         """`cp -r src` to the mount's `folder`: (seconds of cp, seconds until all n files are
