@@ -99,6 +99,15 @@ def create_private_file(path: Path) -> Path:
     return path
 
 
+def fsync_dir(path: Path) -> None:
+    """Make the names in folder `path` durable (what a power loss must not undo)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _check_private(path: Path, what: str) -> None:
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):

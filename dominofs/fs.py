@@ -22,7 +22,7 @@ os.environ["FUSE_LIBRARY_NAME"] = "fuse3"  # mfusepy would otherwise load libfus
 
 import mfusepy
 
-from .vfs import VFS, Opened
+from .vfs import UTIME_NOW, UTIME_OMIT, VFS, Opened
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ _STAT_SIZE = ctypes.sizeof(mfusepy.c_stat)
 _READDIR_PLUS = 1  # enum fuse_readdir_flags: the kernel asked for attributes too
 _FILL_DIR_PLUS = 2  # enum fuse_fill_dir_flags: this entry carries them
 _DIR_MODE = stat.S_IFDIR | 0o755
+_UTIME_NOW = (1 << 30) - 1  # what libfuse puts in tv_nsec for "now" and "leave it"
+_UTIME_OMIT = (1 << 30) - 2
 
 
 def _fill(st: Any, attrs: dict[str, int]) -> None:
@@ -85,6 +87,8 @@ class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
             if i < 2:
                 name = "." if i == 0 else ".."
                 st.st_mode = _DIR_MODE
+                # With use_ino a d_ino of 0 would hide the entry (glibc skips those).
+                st.st_ino = self._dir_ino(p if i == 0 else p.rsplit("/", 1)[0] or "/")
                 statp: Any = st
             else:
                 name = names[i - 2]
@@ -100,6 +104,10 @@ class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
             if filler(buf, name.encode("utf-8", "surrogateescape"), statp, i, fill_flags):
                 break
         return 0
+
+    def _dir_ino(self, path: str) -> int:
+        attrs = self._vfs_entry_stat(path)
+        return attrs["st_ino"] if attrs is not None and "st_ino" in attrs else 1
 
     def _wrapper(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
         # The one errno mapping: errors.* carry their errno; everything else is EIO.
@@ -126,6 +134,18 @@ class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
             mfusepy.fuse_exit()
             return -errno.EFAULT
 
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        # mfusepy drops the flags: RENAME_NOREPLACE and RENAME_EXCHANGE must not run as a
+        # plain rename.
+        return int(self.operations.rename(_decode(old), _decode(new), flags) or 0)
+
+    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        # The raw timespecs: mfusepy folds UTIME_NOW / UTIME_OMIT into nanoseconds.
+        times: tuple[int, int] | None = None
+        if buf:
+            times = (_time_of(buf.contents.actime), _time_of(buf.contents.modtime))
+        return int(self.operations.utimens(_decode(path) if path else "", times) or 0)
+
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         # Skips mfusepy's per-call path decoding: a read needs only its handle. The bytes go
         # straight into libfuse's buffer (valid for this call only), no bytes object between.
@@ -138,6 +158,20 @@ class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
         # from libfuse's buffer (valid for this call only; the vfs keeps no reference).
         data = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents)))
         return int(self._vfs_write(fip.contents.fh, data, offset))
+
+
+def _time_of(ts: Any) -> int:
+    if ts.tv_nsec == _UTIME_NOW:
+        return UTIME_NOW
+    if ts.tv_nsec == _UTIME_OMIT:
+        return UTIME_OMIT
+    return int(ts.tv_sec) * 1_000_000_000 + int(ts.tv_nsec)
+
+
+def _caller() -> tuple[int, int]:
+    """(uid, gid) of the process whose call this is: the owner of what it makes."""
+    uid, gid, _ = mfusepy.fuse_get_context()
+    return int(uid), int(gid)
 
 
 def _decode(path: bytes | None) -> str:
@@ -161,6 +195,7 @@ class Operations(mfusepy.Operations):  # type: ignore[misc]
         on_destroy: Callable[[], None] | None = None,
     ) -> None:
         self.vfs = vfs
+        vfs.caller = _caller
         self._on_init = on_init
         self._on_destroy = on_destroy
         self._fuse_ptr: ctypes.c_void_p | None = None
@@ -174,6 +209,7 @@ class Operations(mfusepy.Operations):  # type: ignore[misc]
             config.negative_timeout = NEGATIVE_TIMEOUT
             config.kernel_cache = 0  # decided per open (keep_cache), by blob key
             config.auto_cache = 0
+            config.use_ino = 1  # st_ino is the layer's: stable across renames and remounts
         lib = mfusepy._libfuse
         if hasattr(lib, "fuse_invalidate_path"):
             lib.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
@@ -220,7 +256,7 @@ class Operations(mfusepy.Operations):  # type: ignore[misc]
         return self._set(fi, self.vfs.open(path, fi.flags))
 
     def create(self, path: str, mode: int, fi: Any) -> int:
-        return self._set(fi, self.vfs.create(path, mode, fi.flags))
+        return self._set(fi, self.vfs.create(path, mode, fi.flags, ctx=_caller()))
 
     def read(self, path: str | None, size: int, offset: int, fh: Any) -> bytes:
         return self.vfs.read(fh.fh, size, offset)  # _FUSE.read is what libfuse calls
@@ -244,10 +280,17 @@ class Operations(mfusepy.Operations):  # type: ignore[misc]
         self.vfs.fsync(fh.fh)
         return 0
 
+    def fsyncdir(self, path: str | None, datasync: int, fh: Any) -> int:
+        self.vfs.fsyncdir()
+        return 0
+
+    def readlink(self, path: str) -> str:
+        return self.vfs.readlink(path)
+
     # -- mutations -----------------------------------------------------------------------
 
     def mkdir(self, path: str, mode: int) -> int:
-        self.vfs.mkdir(path, mode)
+        self.vfs.mkdir(path, mode, ctx=_caller())
         return 0
 
     def rmdir(self, path: str) -> int:
@@ -258,8 +301,8 @@ class Operations(mfusepy.Operations):  # type: ignore[misc]
         self.vfs.unlink(path)
         return 0
 
-    def rename(self, old: str, new: str) -> int:
-        self.vfs.rename(old, new)
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        self.vfs.rename(old, new, flags)
         return 0
 
     def chmod(self, path: str | None, mode: int) -> int:
@@ -275,15 +318,16 @@ class Operations(mfusepy.Operations):  # type: ignore[misc]
         return 0
 
     def symlink(self, target: str, source: str) -> int:
-        self.vfs.symlink(target, source)
+        # mfusepy passes the NEW name first (`target`), then what it points to (fusepy #11).
+        self.vfs.symlink(target, source, ctx=_caller())
         return 0
 
     def link(self, target: str, source: str) -> int:
-        self.vfs.link(target, source)
+        self.vfs.link(target, source)  # the new name first, as for symlink
         return 0
 
     def mknod(self, path: str, mode: int, dev: int) -> int:
-        self.vfs.mknod(path, mode, dev)
+        self.vfs.mknod(path, mode, dev, ctx=_caller())
         return 0
 
 
@@ -294,8 +338,12 @@ def mount(
     on_init: Callable[[], None] | None = None,
     on_destroy: Callable[[], None] | None = None,
     debug: bool = False,
+    allow_other: bool = False,
 ) -> None:
     """Mount `vfs` at `mountpoint` and serve it until unmounted (SIGINT/SIGTERM unmount).
+
+    The kernel checks permissions from the modes and owners the mount reports
+    (`default_permissions`, always); `allow_other` lets other users in.
 
     Raises:
         RuntimeError: libfuse could not mount.
@@ -310,4 +358,5 @@ def mount(
         fsname="dominofs",
         subtype="dominofs",
         default_permissions=True,
+        allow_other=allow_other,
     )

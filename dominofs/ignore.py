@@ -1,8 +1,9 @@
 """Which paths are never uploaded: `.dominoignore` rules and editors' temporary files.
 
 Owns: the built-in list of editors' and tools' temporary names (vim, emacs, JetBrains, gedit,
-LibreOffice, MS Office, sed -i, VS Code, Jupyter), the always-private folders (`.dominofs/`,
-`.git/`), and gitignore-syntax matching of a project's `.dominoignore` (via pathspec).
+LibreOffice, MS Office, sed -i, VS Code, Jupyter, libfuse), the always-private folders
+(`.dominofs/`, `.git/`), and gitignore-syntax matching of a project's `.dominoignore` (via
+pathspec).
 Used by both the mount and the sync service. Must not touch the filesystem except to read an
 ignore file, and must not import anything above models/errors/config.
 """
@@ -36,6 +37,7 @@ _TEMP_NAME = re.compile(
       | \.~.*                   # Jupyter's copy before an in-place save: .~name
       | sed[A-Za-z0-9]{6}       # sed -i: sedXXXXXX, renamed over the target
       | .*\.vsctmp              # VS Code's own atomic writes
+      | \.fuse_hidden[0-9a-f]+  # libfuse's name for a file unlinked while open
     )$""",
     re.VERBOSE | re.DOTALL,
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -57,6 +58,13 @@ class MountOptions:
     upload_delay: float = 1.0
     wait_timeout: float = 60.0
     debug: bool = False
+    allow_other: bool = False
+    uid: int | None = None
+    gid: int | None = None
+    umask: int | None = None
+    file_mode: int | None = None
+    dir_mode: int | None = None
+    links: bool = False
 
     @property
     def listing_path(self) -> Path:
@@ -134,6 +142,49 @@ def cleanup_stale(path: Path) -> None:
         fusermount(path, lazy=True)
     if is_stale(path):
         raise DominoError(f"{path} is a dead mount and fusermount3 -uz could not remove it")
+
+
+def lock_state(state_dir: Path, project: ProjectRef) -> int:
+    """Take the project's state (its local layer and queue have one owner: one writable mount
+    per project at a time). Returns the fd that holds the lock until it is closed.
+
+    Raises:
+        UsageError: another mount holds it (named, with what to do).
+    """
+    fd = os.open(ensure_private_dir(state_dir) / "mount.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        where = "another mount point"
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            where = str(json.loads((state_dir / "mount.json").read_text())["mountpoint"])
+        raise UsageError(
+            f"{project} is already mounted at {where}: one writable mount per project "
+            "(unmount it, or mount this one --read-only)"
+        ) from None
+    return fd
+
+
+FUSE_CONF = Path("/etc/fuse.conf")
+
+
+def check_allow_other(conf: Path = FUSE_CONF, *, euid: int | None = None) -> None:
+    """`--allow-other` needs `user_allow_other` in /etc/fuse.conf unless we are root.
+
+    Raises:
+        UsageError: it is missing, with what to add.
+    """
+    if (os.geteuid() if euid is None else euid) == 0:
+        return
+    try:
+        lines = conf.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        lines = []
+    if not any(line.split("#", 1)[0].strip() == "user_allow_other" for line in lines):
+        raise UsageError(
+            f"--allow-other needs the line user_allow_other in {conf} (add it as root)"
+        )
 
 
 def check_mountpoint(path: Path) -> None:
@@ -260,6 +311,10 @@ def preflight(remote: Remote, options: MountOptions) -> None:
         the errors of initial_tree, UsageError for the mount point.
     """
     check_mountpoint(options.mountpoint)
+    if options.allow_other:
+        check_allow_other()
+    if not (options.read_only or options.commit):
+        os.close(lock_state(options.state_dir, remote.project))
     try:
         if options.commit:
             tree, reachable = initial_tree(remote, options)
@@ -335,6 +390,8 @@ def run(remote: Remote, options: MountOptions) -> None:
     mountpoint = Path(os.path.abspath(options.mountpoint))
     state_dir = ensure_private_dir(options.state_dir)
     check_mountpoint(mountpoint)
+    if options.allow_other:
+        check_allow_other()
     tree, reachable = initial_tree(remote, options)
     cache = BlobCache(
         options.cache_dir,
@@ -343,6 +400,7 @@ def run(remote: Remote, options: MountOptions) -> None:
         wait_timeout=options.wait_timeout,
     )
     writable = not (options.read_only or options.commit)
+    lock_fd = lock_state(state_dir, remote.project) if writable else -1
     # The queue a killed or unreachable previous run left is resumed before anything is served.
     outbox = Outbox(state_dir / "outbox", remote, max_backoff=10.0) if writable else None
     vfs = VFS(
@@ -357,18 +415,26 @@ def run(remote: Remote, options: MountOptions) -> None:
         reachable=reachable,
         outbox=outbox,
         upload_delay=options.upload_delay,
-        modes_path=state_dir / "modes.jsonl",
+        layer_dir=state_dir / "layer",
         ignore=_ignore_rules(cache, tree) if writable else None,
+        links=options.links,
+        uid=options.uid,
+        gid=options.gid,
+        umask=options.umask,
+        file_mode=options.file_mode,
+        dir_mode=options.dir_mode,
     )
     if reachable:
-        vfs._persist(tree)
+        vfs.persist(tree)
     status_file = state_dir / "status.json"
     status_stop = threading.Event()
 
     def write_status() -> None:
         while True:
             with contextlib.suppress(Exception):
-                status_mod.write_status(status_file, {**vfs.status(), "state": "mounted"})
+                status_mod.write_status(
+                    status_file, {**vfs.status(fresh=False), "state": "mounted"}
+                )
             if status_stop.wait(1.0):
                 return
 
@@ -412,7 +478,13 @@ def run(remote: Remote, options: MountOptions) -> None:
     status_thread.start()
     vfs.start()
     try:
-        fs.mount(vfs, str(mountpoint), on_destroy=destroyed, debug=options.debug)
+        fs.mount(
+            vfs,
+            str(mountpoint),
+            on_destroy=destroyed,
+            debug=options.debug,
+            allow_other=options.allow_other,
+        )
     except RuntimeError as exc:
         if not destroyed_flag.is_set():
             raise DominoError(f"libfuse could not mount {mountpoint} (error {exc})") from None
@@ -437,4 +509,6 @@ def run(remote: Remote, options: MountOptions) -> None:
             pid_file.unlink()
         with contextlib.suppress(OSError):
             registry.unlink()
+        if lock_fd >= 0:
+            os.close(lock_fd)
         log.info("unmounted %s", mountpoint)

@@ -35,7 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import create_private_file, ensure_private_dir
+from .config import create_private_file, ensure_private_dir, fsync_dir
 from .errors import DominoError, ServerError, Unreachable
 from .models import Remote, UploadResult
 
@@ -136,14 +136,6 @@ def file_sha256(path: Path) -> str:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Outbox:
@@ -254,7 +246,7 @@ class Outbox:
         finally:
             os.close(fd)
         if durable:
-            _fsync_dir(self.staging_dir)
+            fsync_dir(self.staging_dir)
         return self._insert(path, "upload", staged, base_key, meta, not_before, durable=durable)
 
     def enqueue_delete(

@@ -33,6 +33,30 @@ from .common import (
 READY_TIMEOUT = 60.0
 
 
+class _Octal(click.ParamType):  # type: ignore[type-arg]
+    """A file mode in octal (0644, 644, 0o644), permission bits only."""
+
+    name = "mode"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower().removeprefix("0o")
+        try:
+            mode = int(text, 8)
+        except ValueError:
+            self.fail(f"{value!r} is not an octal mode such as 0644", param, ctx)
+        if not 0 <= mode <= 0o7777:
+            self.fail(f"{value!r} is not a mode (0000 to 7777)", param, ctx)
+        return mode
+
+
+_OCTAL = _Octal()
+_ID = click.IntRange(0, 2**32 - 2)
+
+
 @click.command()
 @click.argument("project")
 @click.argument("mountpoint", type=click.Path(path_type=Path))
@@ -41,6 +65,17 @@ READY_TIMEOUT = 60.0
 @click.option("--commit", default=None, metavar="ID", help="Mount this commit (read-only).")
 @poll_option("Seconds between checks for a new head commit; 0 = never.")
 @upload_delay_option("Seconds after the last close before a file is uploaded.")
+@click.option("--allow-other", is_flag=True, help="Let other users in (the kernel checks modes).")
+@click.option(
+    "--uid", type=click.IntRange(0, 2**32 - 2), default=None, help="Owner of server files."
+)
+@click.option(
+    "--gid", type=click.IntRange(0, 2**32 - 2), default=None, help="Group of server files."
+)
+@click.option("--umask", type=_OCTAL, default=None, help="Mask for the modes of server files.")
+@click.option("--file-mode", type=_OCTAL, default=None, help="Mode of server files (e.g. 0644).")
+@click.option("--dir-mode", type=_OCTAL, default=None, help="Mode of server folders (e.g. 0755).")
+@click.option("--links", is_flag=True, help="Keep symlinks on the server as NAME.dominolink.")
 @cache_options
 @server_options
 @click.pass_context
@@ -53,6 +88,13 @@ def mount(
     commit: str | None,
     poll_interval: float,
     upload_delay: float,
+    allow_other: bool,
+    uid: int | None,
+    gid: int | None,
+    umask: int | None,
+    file_mode: int | None,
+    dir_mode: int | None,
+    links: bool,
     cache_dir: Path | None,
     cache_size: str | None,
 ) -> None:
@@ -71,6 +113,13 @@ def mount(
         upload_delay=upload_delay,
         wait_timeout=max(30.0, 2 * s.read_timeout),
         debug=bool(ctx.meta.get(DEBUG_KEY)),
+        allow_other=allow_other,
+        uid=uid,
+        gid=gid,
+        umask=umask,
+        file_mode=file_mode,
+        dir_mode=dir_mode,
+        links=links,
     )
     client = DominoClient.from_settings(s)
     ctx.call_on_close(client.close)
@@ -90,6 +139,16 @@ def mount(
         argv.append("--read-only")
     if commit:
         argv += ["--commit", commit]
+    if allow_other:
+        argv.append("--allow-other")
+    if links:
+        argv.append("--links")
+    for flag, value in (("--uid", uid), ("--gid", gid)):
+        if value is not None:
+            argv += [flag, str(value)]
+    for flag, value in (("--umask", umask), ("--file-mode", file_mode), ("--dir-mode", dir_mode)):
+        if value is not None:
+            argv += [flag, f"{value:04o}"]
     env = dict(os.environ)
     env["DOMINO_USER_API_KEY"] = s.api_key  # through the environment: argv is public
     env["DOMINOFS_STATE_DIR"] = str(s.state_dir)

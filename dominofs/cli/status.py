@@ -27,6 +27,15 @@ def _pending(item: dict[str, Any]) -> int:
     return value if isinstance(value, int) else 0
 
 
+def _size(n: object) -> str:
+    value = float(n) if isinstance(n, int | float) else 0.0
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
 def _describe(item: dict[str, Any]) -> list[str]:
     reach = item.get("server_reachable")
     server = (
@@ -50,6 +59,12 @@ def _describe(item: dict[str, Any]) -> list[str]:
         lines.append(
             f"  {held} deletions held: {item.get('held_reason')}; "
             f"run: dominofs sync {item.get('project')} {item.get('path')} --confirm-deletes"
+        )
+    local = item.get("local_only")
+    if isinstance(local, dict) and local.get("objects"):
+        lines.append(
+            f"  local only (never uploaded, kept here): {local.get('objects')} objects, "
+            f"{_size(local.get('bytes'))}"
         )
     for p in item.get("deletions_kept_local") or []:
         lines.append(f"  deletion kept local (server has no DELETE): {p}")

@@ -63,10 +63,17 @@ class Env:
         )
 
     def mount(
-        self, *extra: str, name: str = "mnt", project: str = "alice/demo", wait: bool = True
+        self,
+        *extra: str,
+        name: str = "mnt",
+        project: str = "alice/demo",
+        wait: bool = True,
+        at: Path | None = None,
     ) -> Mount:
-        """`dominofs mount --foreground` in its own process; returns once the mount answers."""
-        mp = self.root / name
+        """`dominofs mount --foreground` in its own process; returns once the mount answers.
+        `at`: the mount point (default: `name` in the test's own folder, which only its owner
+        may enter)."""
+        mp = at if at is not None else self.root / name
         argv = [sys.executable, "-m", "dominofs", "-v", "mount", "--foreground",
                 project, str(mp), *extra]  # fmt: skip
         m = start_mount(argv, mp, self.root / f"{name}-{len(self.mounts)}.log", self.env, wait=wait)

@@ -88,7 +88,7 @@ class VfsHarness(Harness):
             poll_interval=0,
             outbox=self.outbox,
             upload_delay=float(DELAY),
-            modes_path=tmp / "modes.jsonl",
+            layer_dir=tmp / "layer",
         )
         self.outbox.start()
         self.vfs.start()

@@ -87,3 +87,16 @@ def test_parse_size(text: str, expected: int) -> None:
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(UsageError):
         parse_size(text)
+
+
+def test_allow_other_needs_user_allow_other_unless_root(tmp_path: Path) -> None:
+    from dominofs.errors import UsageError
+    from dominofs.mount import check_allow_other
+
+    conf = tmp_path / "fuse.conf"
+    conf.write_text("# mount_max = 1000\n#user_allow_other\n")
+    with pytest.raises(UsageError, match=r"user_allow_other in .*fuse\.conf"):
+        check_allow_other(conf, euid=1000)
+    check_allow_other(conf, euid=0)
+    conf.write_text("user_allow_other  # let others in\n")
+    check_allow_other(conf, euid=1000)

@@ -39,7 +39,10 @@ def test_own_upload_is_not_a_remote_change(h: VfsHarness) -> None:
     wait_for(lambda: h.vfs.tree.file("mine.txt") is not None, what="the new commit is seen")
     assert "/mine.txt" not in invalidated
     assert h.read("/mine.txt") == b"mine"
-    assert h.vfs._nodes == {}
+    # The cache holds the uploaded bytes now; the layer keeps the inode with only their key.
+    node = h.vfs.ns.inodes[h.vfs.ns.names["/mine.txt"]]
+    assert node.work is None
+    assert node.key == h.vfs.tree.file("mine.txt").key
 
 
 def test_queue_is_restored_by_a_new_vfs(h: VfsHarness, tmp_path: Path) -> None:
@@ -58,15 +61,25 @@ def test_queue_is_restored_by_a_new_vfs(h: VfsHarness, tmp_path: Path) -> None:
         h2.close()
 
 
-def test_links_and_special_files_are_refused(h: VfsHarness) -> None:
-    for call in (
-        lambda: h.vfs.symlink("/l", "/README.md"),
-        lambda: h.vfs.link("/l", "/README.md"),
-        lambda: h.vfs.mknod("/n", 0o644, 0),
-    ):
-        with pytest.raises(DominoError) as info:
-            call()
-        assert info.value.errno == errno.EPERM
+def test_links_and_special_files_stay_local(h: VfsHarness) -> None:
+    import stat
+
+    h.vfs.symlink("/l", "README.md")
+    h.vfs.link("/hard.md", "/README.md")
+    h.vfs.mknod("/fifo", stat.S_IFIFO | 0o640, 0)
+    assert h.vfs.readlink("/l") == "README.md"
+    assert stat.S_ISLNK(h.vfs.getattr("/l")["st_mode"])
+    assert stat.S_ISFIFO(h.vfs.getattr("/fifo")["st_mode"])
+    readme, hard = h.vfs.getattr("/README.md"), h.vfs.getattr("/hard.md")
+    assert readme["st_ino"] == hard["st_ino"]
+    assert readme["st_nlink"] == hard["st_nlink"] == 2
+    files = h.settled()
+    assert files["hard.md"] == files["README.md"]  # a hard link is a plain copy there
+    assert "l" not in files
+    assert "fifo" not in files
+    with pytest.raises(DominoError) as info:
+        h.vfs.link("/d", "/")
+    assert info.value.errno == errno.EPERM
 
 
 def test_virtual_folders_are_not_writable(h: VfsHarness) -> None:
@@ -145,7 +158,7 @@ def test_a_slow_listing_is_asked_for_less_often_after_our_uploads(
     # so those listings take at most _SETTLE_SHARE of the time.
     import time
 
-    from dominofs import vfs as vfs_module
+    from dominofs.vfs import refresh as vfs_module
 
     monkeypatch.setattr(vfs_module, "_SETTLE_GAP", 0.05)
     monkeypatch.setattr(vfs_module, "_SETTLE_MAX", 0.1)
@@ -153,12 +166,12 @@ def test_a_slow_listing_is_asked_for_less_often_after_our_uploads(
     h.write("/new.txt", b"new")
     h.settled()
     wait_for(lambda: h.vfs.tree.file("new.txt") is not None, what="the new commit is seen")
-    assert h.vfs._refresh_cost > 0  # the listing that showed our upload was timed
+    assert h.vfs._poller.cost > 0  # the listing that showed our upload was timed
 
     def quiet_for(cost: float) -> float:
-        h.vfs._refresh_cost = cost
+        h.vfs._poller.cost = cost
         t0 = time.monotonic()
-        h.vfs._quiet(time.monotonic())  # a listing was just taken
+        h.vfs._poller._quiet(time.monotonic())  # a listing was just taken
         return time.monotonic() - t0
 
     h.vfs.poll_interval = 0  # only our own uploads ask for listings
@@ -171,3 +184,42 @@ def test_a_slow_listing_is_asked_for_less_often_after_our_uploads(
     capped = quiet_for(0.5)
     assert capped >= 0.35
     assert capped < slow
+
+
+def _put(h: VfsHarness, path: str, data: bytes) -> None:
+    import io
+
+    h.remote.upload(path, io.BytesIO(data), size=len(data))
+
+
+def test_a_remote_change_keeps_local_metadata_and_never_touches_local_only(h: VfsHarness) -> None:
+    h.vfs.chmod("/README.md", 0o600)
+    h.vfs.chown("/README.md", 1234, 5678)
+    h.write("/.notes.swp", b"local bytes")  # an editor's file: local only
+    h.settled()
+    _put(h, "README.md", b"theirs")
+    _put(h, ".notes.swp", b"a server copy")
+    assert h.vfs.refresh() is not None
+    st = h.vfs.getattr("/README.md")
+    assert h.read("/README.md") == b"theirs"
+    assert st["st_size"] == len(b"theirs")
+    assert (st["st_mode"] & 0o7777, st["st_uid"], st["st_gid"]) == (0o600, 1234, 5678)
+    assert h.read("/.notes.swp") == b"local bytes"
+    _put(h, "README.md", b"theirs again")
+    h.vfs.refresh()
+    assert h.read("/README.md") == b"theirs again"
+    assert h.vfs.getattr("/README.md")["st_mode"] & 0o7777 == 0o600
+
+
+def test_a_remote_deletion_removes_the_name_but_not_a_local_folder(h: VfsHarness) -> None:
+    h.vfs.mkdir("/kept", 0o750)
+    h.write("/kept/f.txt", b"f")
+    h.vfs.chmod("/kept/f.txt", 0o640)
+    h.settled()
+    h.remote.delete("kept/f.txt")
+    h.vfs.refresh()
+    with pytest.raises(DominoError) as info:
+        h.vfs.getattr("/kept/f.txt")
+    assert info.value.errno == errno.ENOENT
+    assert h.vfs.getattr("/kept")["st_mode"] & 0o7777 == 0o750
+    assert h.vfs.readdir("/kept") == []
