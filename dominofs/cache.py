@@ -34,47 +34,39 @@ Layout and why:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-import queue
-import re
 import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import diskcache
 
 from .config import ensure_private_dir
-from .errors import DominoError, IntegrityError, Unreachable
-from .pagecache import DropBehind
+from .downloads import Downloads, Fetch, Workers, _Download
+from .errors import Unreachable
 
 log = logging.getLogger(__name__)
 
-Fetch = Callable[[str, int], Iterator[bytes]]
-"""fetch(key, offset) -> an iterator of the blob's bytes from `offset` (raises errors.*)."""
-
-_SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _MODE_BINARY = 2  # diskcache.core.MODE_BINARY
-_HASH_THREAD_MIN = 8 << 20  # blobs this big are hashed in a thread of their own
-_RECV_BUFFER = 1 << 20  # a download receives into buffers this big (when its fetch can readinto)
-_FIRST_RECV = 64 << 10  # ...except its first receive: what a first read waits for
 _ADOPT_BATCH = 256  # adopted files moved into the index per SQLite transaction
 _CULL_BATCH = 64  # eviction candidates read per query, oldest first
-_RING = 8  # buffers per download hashed in a thread: the hasher's backlog is one less
+_KNOWN_MAX = 1 << 20  # blob files whose place this process remembers (no index read on a hit)
+_TOUCH_EVERY = 2.0  # seconds between writes of the hits' last-use times
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _MoveIn:
-    """A value for `_BlobDisk.store`: move this finished file into the cache."""
+    """A value for `_BlobDisk.store`: move this finished file into the cache (`dest`: where
+    it went)."""
 
     path: str
     size: int
+    dest: str = ""
 
 
 class _BlobDisk(diskcache.Disk):  # type: ignore[misc]
@@ -97,6 +89,7 @@ class _BlobDisk(diskcache.Disk):  # type: ignore[misc]
             filename, full_path = self.filename(key, value)
             _private_dirs(self._directory, os.path.dirname(full_path))
             os.rename(value.path, full_path)
+            value.dest = full_path
             os.chmod(full_path, 0o600)  # an adopted upload keeps the mode it was staged with
             return value.size, _MODE_BINARY, filename, None
         return super().store(value, read, key)
@@ -106,64 +99,6 @@ class _BlobDisk(diskcache.Disk):  # type: ignore[misc]
         # removal never finds its folder gone).
         with contextlib.suppress(OSError):
             os.remove(os.path.join(self._directory, file_path))
-
-
-@dataclass(eq=False)
-class _Extent:
-    """A Range download for a region far ahead of the main download."""
-
-    start: int
-    limit: int
-    arrived: int  # absolute offset up to which bytes are in the file
-    error: DominoError | None = None
-    done: bool = False
-
-
-@dataclass(eq=False)
-class _Download:
-    """One streaming download of one blob into a partial file."""
-
-    key: str
-    size: int
-    path: str
-    cond: threading.Condition
-    arrived: int = 0
-    rfd: int = -1  # read fd held while in flight, dup'ed by readers who join
-    done: bool = False
-    error: DominoError | None = None
-    extents: list[_Extent] = field(default_factory=list)
-    behind: DropBehind = field(default_factory=DropBehind)
-    threads: list[threading.Thread] = field(default_factory=list)
-    # Readers waiting for bytes: (absolute end they need, a lock they block on). Each is woken
-    # only once its bytes are here (or on any other change of state), so a chunk arriving does
-    # not wake every FUSE thread waiting further ahead.
-    waiters: list[tuple[int, threading.Lock]] = field(default_factory=list)
-
-    def wait(self, need: int, timeout: float) -> None:
-        """Block until woken or `timeout`. Caller holds self.cond; released while waiting."""
-        lock = threading.Lock()
-        lock.acquire()
-        entry = (need, lock)
-        self.waiters.append(entry)
-        self.cond.release()
-        try:
-            lock.acquire(True, timeout)
-        finally:
-            self.cond.acquire()
-            with contextlib.suppress(ValueError):
-                self.waiters.remove(entry)
-
-    def wake(self, arrived: int | None = None) -> None:
-        """Wake the waiters whose bytes are here (all when `arrived` is None). Hold self.cond."""
-        if not self.waiters:
-            return
-        keep = []
-        for entry in self.waiters:
-            if arrived is None or entry[0] <= arrived:
-                entry[1].release()
-            else:
-                keep.append(entry)
-        self.waiters[:] = keep
 
 
 class BlobReader:
@@ -212,7 +147,7 @@ class BlobReader:
         self._cache._release(self)
 
 
-class BlobCache:
+class BlobCache(Downloads):
     """Blob bytes on disk, shared by every mount of the user (see the module docstring)."""
 
     def __init__(
@@ -246,16 +181,22 @@ class BlobCache:
         # put concurrent writers (a burst of uploads adopted at once) to sleep for ms each.
         self._index_lock = threading.Lock()
         self._inflight: dict[str, _Download] = {}
+        self._workers = Workers("blob")
         # key -> (path, size) of adopted files not yet in the index; served from `path`.
         self._adopting: dict[str, tuple[str, int]] = {}
         self._moving: set[str] = set()
         self._adopt_wake = threading.Condition(self._lock)
         self._adopter: threading.Thread | None = None
+        self._settled = threading.Condition(self._lock)  # the adopter finished a round
+        self._settling = False
         self._pins: dict[str, int] = {}
+        self._known: dict[str, str] = {}  # key -> its blob file (no index read on a hit)
+        self._touched: dict[str, float] = {}  # key -> last use, not written to the index yet
         self._closed = False
         self.hits = 0
         self.misses = 0
         self.downloads = 0
+        self.prefetched = 0
         self.range_requests = 0
         self.bytes_downloaded = 0
         self.integrity_failures = 0
@@ -300,29 +241,93 @@ class BlobCache:
             if self._closed or key in self._inflight or key in self._adopting:
                 return False
             self._adopting[key] = (str(path), size)
-            if self._adopter is None or not self._adopter.is_alive():
-                self._adopter = threading.Thread(target=self._adopt_loop, name="adopt", daemon=True)
-                self._adopter.start()
-            self._adopt_wake.notify()
+            self._wake_adopter()
         return True
+
+    def prefetch(self, key: str, size: int) -> bool:
+        """Start downloading `key` for a reader expected soon, unless it is cached or on its
+        way. Nothing waits for it and nothing pins it. True when a download started."""
+        if self._closed or size <= 0:
+            return False
+        with self._lock:
+            if key in self._inflight or key in self._adopting:
+                return False
+        if key in self._dc:
+            return False
+        with self._lock:
+            if self._closed or key in self._inflight or key in self._adopting:
+                return False
+            self._start(key, size, miss=False)
+            self.prefetched += 1
+        return True
+
+    def downloading(self, key: str) -> bool:
+        """True while `key`'s download is in flight."""
+        return key in self._inflight
+
+    def drop(self, key: str) -> None:
+        """Forget `key` unless a reader has it open (a prefetch nobody read)."""
+        with self._lock:
+            if key in self._pins or key in self._inflight or key in self._adopting:
+                return
+        self._known.pop(key, None)
+        self._touched.pop(key, None)
+        with self._index_lock, contextlib.suppress(OSError, sqlite3.Error, diskcache.Timeout):
+            self._dc.delete(key)
 
     def contains(self, key: str) -> bool:
         """True when the whole blob is in the cache (or being moved into it)."""
         return key in self._adopting or key in self._dc
 
+    def _stored(self, dl: _Download) -> None:
+        """A verified download: served from its partial file until the adopter moves it in."""
+        with self._lock:
+            self._adopting[dl.key] = (dl.path, dl.size)
+            self._wake_adopter()
+
+    def _wake_adopter(self) -> None:
+        """Caller holds self._lock."""
+        if self._adopter is None or not self._adopter.is_alive():
+            self._adopter = threading.Thread(target=self._adopt_loop, name="adopt", daemon=True)
+            self._adopter.start()
+        self._adopt_wake.notify()
+
     def _adopt_loop(self) -> None:
         # One thread moves adopted files into the index: a burst of uploads landing at once
         # costs the uploaders nothing, and SQLite sees one writer instead of a dozen.
+        # It also writes the last-use times of hits served without the index, every few s.
         while True:
             with self._lock:
+                self._settling = False
+                self._settled.notify_all()
                 while not self._adopting_queue() and not self._closed:
-                    self._adopt_wake.wait()
+                    if not self._adopt_wake.wait(_TOUCH_EVERY if self._touched else None):
+                        break  # time to write the last-use times
                 pending = self._adopting_queue()
-                if not pending:
-                    return
+                closed = self._closed
+                self._settling = bool(pending)
             for start in range(0, len(pending), _ADOPT_BATCH):
                 self._move_in(pending[start : start + _ADOPT_BATCH])
-            self._cull()
+            if pending:
+                self._cull()
+            self._touch()
+            if closed and not pending:
+                with self._lock:
+                    self._settling = False
+                    self._settled.notify_all()
+                return
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every verified download and adopted file is in the index and the cache
+        is culled to its size (they get there in the background). True when they are."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._adopting or self._settling:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._settled.wait(min(remaining, 0.1))
+        return True
 
     def _adopting_queue(self) -> list[tuple[str, tuple[str, int]]]:
         """The adoptions not yet started. Needs self._lock."""
@@ -341,7 +346,9 @@ class BlobCache:
                 for key, (path, size) in batch:
                     try:
                         if key not in self._dc:
-                            self._dc.set(key, _MoveIn(path, size))
+                            move = _MoveIn(path, size)
+                            self._dc.set(key, move)
+                            self._known[key] = move.dest
                     except OSError as exc:  # this file only: the others still move in
                         log.warning("cannot move %s into the cache: %s", path, exc)
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
@@ -360,6 +367,7 @@ class BlobCache:
             "hits": self.hits,
             "misses": self.misses,
             "downloads": self.downloads,
+            "prefetched": self.prefetched,
             "range_requests": self.range_requests,
             "bytes_downloaded": self.bytes_downloaded,
             "integrity_failures": self.integrity_failures,
@@ -381,6 +389,7 @@ class BlobCache:
         for dl in downloads:
             with dl.cond:
                 dl.wake()
+            dl.finished.wait(timeout=5)
             for t in list(dl.threads):
                 t.join(timeout=5)
         if adopter is not None:
@@ -403,6 +412,14 @@ class BlobCache:
                 # Renamed into the cache just now: the index has it once the move is done.
                 with self._index_lock:
                     pass
+        known = self._known.get(key) if fd < 0 else None
+        if known is not None:
+            # No index read: its last-use time is written later, with others (_touch).
+            try:
+                fd = os.open(known, os.O_RDONLY)
+                self._touched[key] = time.time()
+            except FileNotFoundError:  # evicted by another process sharing the cache
+                self._known.pop(key, None)
         if fd < 0:
             try:
                 fh = self._dc.get(key, default=None, read=True)
@@ -412,15 +429,42 @@ class BlobCache:
                 self._unpin(key)
                 return None
             fd = os.dup(fh.fileno())
+            self._remember(key, fh.name)
             fh.close()
         if os.fstat(fd).st_size != size:
             # Not what the listing promised: forget it rather than serve it.
             os.close(fd)
+            self._known.pop(key, None)
             self._dc.delete(key)
             self._unpin(key)
             return None
         self.hits += 1
         return BlobReader(self, key, size, fd, None)
+
+    def _remember(self, key: str, path: object) -> None:
+        """Keep where blob `key`'s file is: its next hit reads no index (the adopter, which
+        writes the last-use times, runs from here on)."""
+        if isinstance(path, str):
+            if len(self._known) >= _KNOWN_MAX:
+                self._known.pop(next(iter(self._known)))
+            self._known[key] = path
+            if self._adopter is None:
+                with self._lock:
+                    self._wake_adopter()
+
+    def _touch(self) -> None:
+        """Write the last-use times of the hits served without reading the index, in one
+        transaction (diskcache's own get writes one per hit)."""
+        touched, self._touched = self._touched, {}
+        if not touched:
+            return
+        with contextlib.suppress(sqlite3.Error, diskcache.Timeout), self._index_lock:
+            with self._dc.transact():
+                # The access_time column diskcache's least-recently-used policy orders by.
+                self._dc._con.executemany(
+                    "UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1",
+                    [(t, k) for k, t in touched.items()],
+                )
 
     def _attach(self, key: str, size: int) -> BlobReader:
         """Join the key's download, starting one if there is none (pin already taken)."""
@@ -439,7 +483,7 @@ class BlobCache:
         for _ in range(5):
             with self._lock:
                 dl = self._inflight.get(key)
-                if dl is None and key not in self._dc:
+                if dl is None and key not in self._adopting and key not in self._dc:
                     dl = self._start(key, size)
                 if dl is not None:
                     # dl.rfd stays open until the download leaves _inflight (under this lock),
@@ -451,77 +495,6 @@ class BlobCache:
                 cached.close()
                 return fd, None
         raise Unreachable(f"blob {key[:12]}: the cache keeps changing under this read; try again")
-
-    def _start(self, key: str, size: int) -> _Download:
-        """Start the download of `key`. Caller holds self._lock."""
-        path = str(self._partial / f"{key[:40]}.{uuid.uuid4().hex[:12]}")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        dl = _Download(key=key, size=size, path=path, cond=threading.Condition())
-        dl.rfd = os.open(path, os.O_RDONLY)
-        self._inflight[key] = dl
-        self.misses += 1
-        self.downloads += 1
-        t = threading.Thread(
-            target=self._download, args=(dl, fd), name=f"blob-{key[:8]}", daemon=True
-        )
-        dl.threads.append(t)
-        t.start()
-        return dl
-
-    # -- reading -------------------------------------------------------------------------
-
-    def _await(self, reader: BlobReader, size: int, offset: int) -> int:
-        """Wait until [offset, offset+size) has arrived (main stream or a Range extent);
-        returns how many bytes from `offset` the reader may now read from its fd."""
-        end = min(offset + size, reader.size)
-        if offset >= end:
-            return 0
-        dl = reader._dl
-        assert dl is not None
-        if dl.error is not None:
-            dl = self._retry(reader)
-            if dl is None:
-                return end - offset
-        deadline = time.monotonic() + self._wait_timeout
-        with dl.cond:
-            while True:
-                if dl.done:
-                    reader._dl = None  # complete and in the cache: the fast path from now on
-                    break
-                if dl.error is not None:
-                    raise dl.error
-                if dl.arrived >= end and end < reader.size:
-                    break
-                # The last bytes are served once the whole blob is verified, so a reader that
-                # reads to the end gets EIO rather than a silently corrupt file: a Range extent
-                # holding them (unverified) does not serve them.
-                covered = any(e.start <= offset and e.arrived >= end for e in dl.extents)
-                if covered and end < reader.size:
-                    break
-                if self._closed:
-                    raise Unreachable("the mount is shutting down")
-                pending = [e for e in dl.extents if e.start <= offset < e.limit and not e.done]
-                failed = [e for e in dl.extents if e.start <= offset < e.limit and e.error]
-                if failed and not pending:
-                    error = failed[-1].error
-                    assert error is not None
-                    dl.extents.remove(failed[-1])  # the next read may try again
-                    raise error
-                if not covered and not pending and offset > dl.arrived + self._range_gap:
-                    self._start_extent(dl, offset)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise Unreachable(f"blob {dl.key[:12]}: no bytes arrived in time")
-                # The last bytes wait for the verified end: only a state change wakes them.
-                dl.wait(end if end < reader.size else reader.size + 1, min(remaining, 1.0))
-        return end - offset
-
-    def _retry(self, reader: BlobReader) -> _Download | None:
-        """The reader's download failed earlier: reattach to a fresh one (or the cached blob)."""
-        fd, dl = self._join(reader.key, reader.size)
-        os.close(reader._fd)
-        reader._fd, reader._dl = fd, dl
-        return dl
 
     def _release(self, reader: BlobReader) -> None:
         if reader._fd >= 0:
@@ -538,184 +511,6 @@ class BlobCache:
             else:
                 self._pins.pop(key, None)
 
-    # -- downloading ---------------------------------------------------------------------
-
-    def _download(self, dl: _Download, fd: int) -> None:
-        digest: Any = None
-        if self._verify_key(dl.key):
-            # A big blob is hashed in a thread of its own, overlapping the next recv and write.
-            digest = (
-                _Hasher(_RING - 1)
-                if dl.size >= _HASH_THREAD_MIN
-                else hashlib.sha1(usedforsecurity=False)
-            )
-        stored = False
-        chunks: Iterator[bytes] | None = None
-        try:
-            chunks = self._fetch(dl.key, 0)
-            readinto = getattr(chunks, "readinto", None)
-            if callable(readinto):
-                self._receive_into(dl, fd, readinto, digest)
-            else:
-                for chunk in chunks:
-                    self._arrive(dl, fd, chunk, digest)
-            if dl.arrived != dl.size:
-                raise IntegrityError(
-                    f"blob {dl.key[:12]}: short download ({dl.arrived} of {dl.size} bytes)"
-                )
-            if digest is not None and digest.hexdigest() != dl.key:
-                raise IntegrityError(f"blob {dl.key[:12]}: content does not match its key")
-            os.close(fd)
-            fd = -1
-            with self._index_lock:
-                self._dc.set(dl.key, _MoveIn(dl.path, dl.size))
-            stored = True
-            self._cull()
-        except DominoError as exc:
-            self._fail(dl, exc)
-        except Exception as exc:
-            log.exception("blob %s: download failed unexpectedly", dl.key[:12])
-            self._fail(dl, DominoError(f"blob {dl.key[:12]}: download failed: {exc}"))
-        finally:
-            if isinstance(digest, _Hasher):
-                digest.close()
-            if chunks is not None and hasattr(chunks, "close"):
-                with contextlib.suppress(Exception):
-                    chunks.close()
-            if fd >= 0:
-                os.close(fd)
-            if stored:
-                self._leave(dl)
-                with dl.cond:
-                    dl.done = True
-                    dl.wake()
-
-    def _receive_into(
-        self, dl: _Download, fd: int, readinto: Callable[[memoryview], int], digest: Any
-    ) -> None:
-        """Receive with `readinto` into reused buffers: no bytes object per chunk.
-
-        A hashing thread holds at most _RING - 1 filled buffers (its backlog), so the buffer
-        being filled is never one it has yet to hash.
-        """
-        count = _RING if isinstance(digest, _Hasher) else 1
-        size = min(_RECV_BUFFER, dl.size + 1)  # +1: a server sending too much is noticed
-        # Buffers are made when first needed: zeroing all of them before the first recv delayed
-        # the first byte by 8-16 ms here (fresh memory is slow to touch on a VM). The first
-        # recv is small too: readinto returns only once its buffer is full.
-        ring: list[memoryview] = []
-        i = 0
-        first = True
-        while True:
-            if i == len(ring):
-                ring.append(memoryview(bytearray(size)))
-            buf = ring[i]
-            i = (i + 1) % count
-            if first:
-                buf, first = buf[:_FIRST_RECV], False
-            n = readinto(buf)
-            if not n:
-                return
-            self._arrive(dl, fd, buf[:n], digest)
-
-    def _arrive(self, dl: _Download, fd: int, chunk: bytes | memoryview, digest: Any) -> None:
-        """Write one chunk of the main download to the partial file and tell the readers."""
-        if self._closed:
-            raise Unreachable("the mount is shutting down")
-        n = len(chunk)
-        arrived = dl.arrived
-        if arrived + n > dl.size:
-            raise IntegrityError(
-                f"blob {dl.key[:12]}: server sent more than the listed {dl.size} bytes"
-            )
-        _write_all(fd, chunk)
-        dl.behind.wrote(fd, arrived + n)
-        if digest is not None:
-            digest.update(chunk)
-        with dl.cond:
-            dl.arrived = arrived + n
-            dl.wake(arrived + n)
-        self.bytes_downloaded += n
-
-    def _fail(self, dl: _Download, exc: DominoError) -> None:
-        if isinstance(exc, IntegrityError):
-            self.integrity_failures += 1
-        self.last_error = str(exc)
-        log.warning("%s", exc)
-        self._leave(dl)
-        with contextlib.suppress(OSError):
-            os.unlink(dl.path)
-        with dl.cond:
-            dl.error = exc
-            dl.wake()
-        # After the waiters are woken: dropping the kernel's pages waits for reads in flight.
-        hook = self.on_failed
-        if hook is not None and dl.arrived > 0:
-            try:
-                hook(dl.key)
-            except Exception:
-                log.exception("blob %s: the failure hook failed", dl.key[:12])
-
-    def _leave(self, dl: _Download) -> None:
-        with self._lock:
-            if self._inflight.get(dl.key) is dl:
-                del self._inflight[dl.key]
-            if dl.rfd >= 0:
-                os.close(dl.rfd)
-                dl.rfd = -1
-
-    def _start_extent(self, dl: _Download, offset: int) -> None:
-        """Start a Range download at `offset`. Caller holds dl.cond."""
-        start = offset - offset % (1 << 20)
-        ext = _Extent(start=start, limit=min(dl.size, start + self._range_span), arrived=start)
-        dl.extents.append(ext)
-        self.range_requests += 1
-        t = threading.Thread(
-            target=self._download_extent, args=(dl, ext), name=f"range-{dl.key[:8]}", daemon=True
-        )
-        dl.threads.append(t)
-        t.start()
-
-    def _download_extent(self, dl: _Download, ext: _Extent) -> None:
-        chunks: Iterator[bytes] | None = None
-        fd = -1
-        try:
-            fd = os.open(dl.path, os.O_WRONLY)
-            chunks = self._fetch(dl.key, ext.start)
-            pos = ext.start
-            for chunk in chunks:
-                if self._closed or dl.error is not None or dl.done or dl.arrived >= pos:
-                    break  # the main download caught up, or it is over
-                chunk = chunk[: ext.limit - pos]
-                os.pwrite(fd, chunk, pos)
-                pos += len(chunk)
-                self.bytes_downloaded += len(chunk)
-                with dl.cond:
-                    ext.arrived = pos
-                    dl.wake()
-                if pos >= ext.limit:
-                    break
-        except DominoError as exc:
-            ext.error = exc
-        except OSError as exc:  # the partial file is gone: the main download ended
-            if dl.error is None and not dl.done:
-                ext.error = DominoError(f"blob {dl.key[:12]}: range download failed: {exc}")
-        except Exception as exc:
-            log.exception("blob %s: range download failed unexpectedly", dl.key[:12])
-            ext.error = DominoError(f"blob {dl.key[:12]}: range download failed: {exc}")
-        finally:
-            if chunks is not None and hasattr(chunks, "close"):
-                with contextlib.suppress(Exception):
-                    chunks.close()
-            if fd >= 0:
-                os.close(fd)
-            with dl.cond:
-                ext.done = True
-                dl.wake()
-
-    def _verify_key(self, key: str) -> bool:
-        return self._verify and _SHA1.match(key) is not None
-
     # -- eviction ------------------------------------------------------------------------
 
     def _cull(self) -> None:
@@ -723,6 +518,7 @@ class BlobCache:
         excess = int(self._dc.volume()) - self.size_limit
         if excess <= 0:
             return
+        self._touch()  # the order must count the hits not written yet
         # diskcache keeps access_time (indexed) for the least-recently-used policy; walk that
         # order a few rows at a time. Reading every row made each cull of a full cache of
         # 100,000 blobs cost 49 ms, and a full cache culls after every download and adoption.
@@ -742,6 +538,7 @@ class BlobCache:
                 if pinned:
                     skipped += 1
                 elif self._dc.delete(key):
+                    self._known.pop(key, None)
                     excess -= int(size or 0)
 
     def _clean_partials(self) -> None:
@@ -752,41 +549,6 @@ class BlobCache:
                 with contextlib.suppress(OSError):
                     if entry.stat().st_mtime < cutoff:
                         os.unlink(entry.path)
-
-
-class _Hasher:
-    """sha1 of a stream, computed in its own thread (hashlib drops the GIL for big buffers).
-
-    `update` hands the chunk over and returns at once; at most `backlog` chunks wait, so memory
-    stays bounded when hashing is slower than the network.
-    """
-
-    def __init__(self, backlog: int = 16) -> None:
-        self._sha = hashlib.sha1(usedforsecurity=False)
-        self._queue: queue.SimpleQueue[bytes | memoryview | None] = queue.SimpleQueue()
-        self._room = threading.Semaphore(backlog)
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="blob-sha1", daemon=True)
-        self._thread.start()
-
-    def update(self, chunk: bytes | memoryview) -> None:
-        self._room.acquire()
-        self._queue.put(chunk)
-
-    def hexdigest(self) -> str:
-        self.close()
-        self._thread.join()
-        return self._sha.hexdigest()
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._queue.put(None)
-
-    def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            self._sha.update(chunk)
-            self._room.release()
 
 
 def _private_dirs(root: str, path: str) -> None:
@@ -815,10 +577,3 @@ def _private_index(directory: Path) -> Path:
             if os.stat(path).st_mode & 0o077:
                 os.chmod(path, 0o600)
     return directory
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]

@@ -65,6 +65,8 @@ class MountOptions:
     file_mode: int | None = None
     dir_mode: int | None = None
     links: bool = False
+    prefetch: int = 16
+    prefetch_size: int = 64 << 20
 
     @property
     def listing_path(self) -> Path:
@@ -423,6 +425,8 @@ def run(remote: Remote, options: MountOptions) -> None:
         umask=options.umask,
         file_mode=options.file_mode,
         dir_mode=options.dir_mode,
+        prefetch_requests=options.prefetch,
+        prefetch_bytes=options.prefetch_size,
     )
     if reachable:
         vfs.persist(tree)

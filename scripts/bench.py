@@ -48,12 +48,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import bench_peers  # noqa: E402 (beside this script)
+
 MiB = 1 << 20
 GiB = 1 << 30
 GB = 1e9
 OWNER = "bench"
 LISTENING = "dominofs serve: listening on "
-PARTS = ("server", "mount", "sync")
+PARTS = ("server", "mount", "sync", "peers")
 
 
 @dataclass(frozen=True)
@@ -75,12 +77,15 @@ class Sizes:
     sync_saves: int = 200
     watch_files: int = 100_000
     idle_s: float = 10.0
+    scan_files: int = 1_000
+    reader_files: int = 10_000
 
 
 FULL = Sizes(GiB, 64, 4 * MiB, 50_000, 10_000, 100_000, 1_000, 3, 1200.0)
 QUICK = Sizes(
     256 * MiB, 64, MiB, 10_000, 10_000, 10_000, 1_000, 2, 230.0,
     mount_saves=10, copy_files=300, sync_saves=40, watch_files=20_000, idle_s=5.0,
+    scan_files=300, reader_files=2_000,
 )  # fmt: skip
 UPLOAD_DELAY = 0.2
 FAR = 0.02  # seconds of latency for the copy-in that is not on loopback (copy_in_far)
@@ -448,6 +453,8 @@ class Bench:
         store.add_user(OWNER, self.key)
         for name, n in self.file_projects().items():
             build_file_project(store, name, n)
+        if "peers" in self.parts:
+            bench_peers.build(store, OWNER, self.sizes, self.tmp / "www")
         self.say(f"built file projects {self.file_projects()} in {time.perf_counter() - t0:.1f}s")
         names = ("big", "blobs", "sync", "put", "write", "seqput", "curlput", "live")
         projects = [f"{OWNER}/{p}" for p in names]
@@ -1233,6 +1240,11 @@ class Bench:
         finally:
             for p in procs:
                 self.stop_sync(p)
+
+    # ---- peers (issue 15)
+
+    def bench_peers(self) -> None:
+        bench_peers.run(self, Figure, Skip, UPLOAD_DELAY)
 
     # ---- lifecycle
 

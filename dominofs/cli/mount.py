@@ -18,7 +18,7 @@ import click
 
 from .. import mount as mount_mod
 from ..api import DominoClient
-from ..config import ensure_private_dir
+from ..config import ensure_private_dir, parse_size
 from ..errors import DominoError
 from .common import (
     DEBUG_KEY,
@@ -76,6 +76,20 @@ _ID = click.IntRange(0, 2**32 - 2)
 @click.option("--file-mode", type=_OCTAL, default=None, help="Mode of server files (e.g. 0644).")
 @click.option("--dir-mode", type=_OCTAL, default=None, help="Mode of server folders (e.g. 0755).")
 @click.option("--links", is_flag=True, help="Keep symlinks on the server as NAME.dominolink.")
+@click.option(
+    "--prefetch",
+    type=click.IntRange(0, 256),
+    default=16,
+    show_default=True,
+    help="Files fetched at once ahead of a program reading a folder's files in turn; 0 = off.",
+)
+@click.option(
+    "--prefetch-size",
+    default="64MiB",
+    show_default=True,
+    metavar="SIZE",
+    help="At most this much fetched ahead and not read yet.",
+)
 @cache_options
 @server_options
 @click.pass_context
@@ -95,6 +109,8 @@ def mount(
     file_mode: int | None,
     dir_mode: int | None,
     links: bool,
+    prefetch: int,
+    prefetch_size: str,
     cache_dir: Path | None,
     cache_size: str | None,
 ) -> None:
@@ -120,6 +136,8 @@ def mount(
         file_mode=file_mode,
         dir_mode=dir_mode,
         links=links,
+        prefetch=prefetch,
+        prefetch_size=parse_size(prefetch_size),
     )
     client = DominoClient.from_settings(s)
     ctx.call_on_close(client.close)
@@ -143,6 +161,7 @@ def mount(
         argv.append("--allow-other")
     if links:
         argv.append("--links")
+    argv += ["--prefetch", str(prefetch), "--prefetch-size", prefetch_size]
     for flag, value in (("--uid", uid), ("--gid", gid)):
         if value is not None:
             argv += [flag, str(value)]

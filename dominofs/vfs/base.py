@@ -24,6 +24,7 @@ from ..links import link_file
 from ..models import Remote
 from ..runsdir import RunsDir
 from .inodes import DIR, NODE, NONE, Namespace, name_too_long, parent_of
+from .prefetch import Prefetcher
 from .uploads import Uploads
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class VFSState:
     ns: Namespace
     layer: Layer | None
     uploads: Uploads | None
+    prefetcher: Prefetcher
     _cache: BlobCache
     _remote: Remote
     _runs: RunsDir

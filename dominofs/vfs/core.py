@@ -38,6 +38,7 @@ from .base import META, RUNS, STATUS, VIRTUAL_ROOT_NAMES
 from .handles import BlobHandle, BytesHandle, FileHandle, StartHandle
 from .inodes import LINK, NODE, Defaults, Namespace, StatDict, remote_hash
 from .names import NameOps
+from .prefetch import Prefetcher
 from .refresh import Poller, settle
 from .statusview import StatusView, status_bytes
 from .uploads import Uploads
@@ -70,6 +71,8 @@ class VFS(NameOps):
         umask: int | None = None,
         file_mode: int | None = None,
         dir_mode: int | None = None,
+        prefetch_requests: int = 16,
+        prefetch_bytes: int = 64 << 20,
     ) -> None:
         self._remote = remote
         self._cache = cache
@@ -100,7 +103,10 @@ class VFS(NameOps):
         self._poller = Poller(
             remote, lambda: self.ns.tree, self._apply, interval=poll_interval, reachable=reachable
         )
-        self._status = StatusView(remote, self.ns, cache)
+        self.prefetcher = Prefetcher(
+            self.ns, cache, requests=prefetch_requests, budget=prefetch_bytes
+        )
+        self._status = StatusView(remote, self.ns, cache, self.prefetcher)
         self._outbox = None if self.read_only else outbox
         self.uploads = None
         cache.on_failed = self._on_blob_failed

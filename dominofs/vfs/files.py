@@ -73,10 +73,16 @@ class FileOps(VFSState):
                 with self._lock:
                     if node.work is not None:
                         fd = os.open(self._work_path(node), os.O_RDONLY)
-                        return Opened(self._add(FileHandle(node, fd, writable=False)))
-            return self._open_blob(path, node.key or "", node.size, node.mtime, node)
+                        opened = Opened(self._add(FileHandle(node, fd, writable=False)))
+                        self.prefetcher.opened(path, None)
+                        return opened
+            opened = self._open_blob(path, node.key or "", node.size, node.mtime, node)
+            self.prefetcher.opened(path, node.key)
+            return opened
         if kind == FILE:
-            return self._open_blob(path, obj.key, obj.size, obj.mtime_ms * 1_000_000, None)
+            opened = self._open_blob(path, obj.key, obj.size, obj.mtime_ms * 1_000_000, None)
+            self.prefetcher.opened(path, obj.key)
+            return opened
         if kind == DIR or path in (RUNS, "/.dominofs"):
             raise DominoError(f"{path}: is a folder", errno=_errno.EISDIR)
         if kind != NONE:

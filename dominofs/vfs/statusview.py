@@ -3,7 +3,8 @@
 Owns: rendering a mount's state as one JSON object: the project and commit, reachability and
 the last error, the queue (pending uploads, including writes not queued yet, failures,
 conflicts, deletions kept local), the cache's counters, open handles, and what the local layer
-holds that never goes to the server. Must not change anything it reads.
+holds that never goes to the server, and the read-ahead across files (its budget and counters).
+Must not change anything it reads.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ..cache import BlobCache
 from ..models import Remote
 from ..outbox import Outbox
 from .inodes import Namespace
+from .prefetch import Prefetcher
 
 _TOTALS_MAX_AGE = 2.0  # the totals walk every inode: the status file's are at most this old
 
@@ -23,10 +25,13 @@ _TOTALS_MAX_AGE = 2.0  # the totals walk every inode: the status file's are at m
 class StatusView:
     """Renders one mount's status; the local-only totals are recomputed at most every 2 s."""
 
-    def __init__(self, remote: Remote, ns: Namespace, cache: BlobCache) -> None:
+    def __init__(
+        self, remote: Remote, ns: Namespace, cache: BlobCache, prefetcher: Prefetcher
+    ) -> None:
         self._remote = remote
         self._ns = ns
         self._cache = cache
+        self._prefetcher = prefetcher
         self._totals: tuple[float, tuple[int, int]] = (-_TOTALS_MAX_AGE, (0, 0))
 
     def render(
@@ -61,6 +66,7 @@ class StatusView:
             "cache": self._cache.stats(),
             "open_handles": open_handles,
             "local_only": {"objects": objects, "bytes": size},
+            "prefetch": self._prefetcher.status(),
         }
         if outbox is not None:
             self._outbox_status(out, outbox, bool(last_error))

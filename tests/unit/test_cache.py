@@ -85,6 +85,7 @@ def read_all(cache: BlobCache, key: str, size: int) -> bytes:
         return bytes(out)
     finally:
         r.close()
+        assert cache.flush(), "the cache did not settle"  # the index is written in the background
 
 
 def test_concurrent_readers_share_one_download(tmp_path: Path) -> None:
