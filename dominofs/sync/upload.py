@@ -1,0 +1,222 @@
+"""Local -> remote: the scan of DIR and what each changed path needs.
+
+Owns: draining the debounce's due paths, deciding for one path (nothing, an upload, a deletion
+candidate), the stat-only reconcile of the tree or a subtree against the state database (hash
+only on a stat change, upload only on a content change), the stat-stable staging copy handed to
+the outbox, and the outbox's hooks, which record what the server confirmed and mirror a conflict
+copy in DIR. Must not download or poll: a remote change reaches this side as a dirty path only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ..errors import DominoError
+from ..ignore import IGNORE_FILE, STATE_DIR_NAME
+from ..models import UploadResult
+from ..outbox import DeleteOutcome, Entry, Outbox
+from ..state import FileState, StateDB
+from .deletes import DeleteGuard
+from .folder import Folder, meta_stat, safe_target, stable_copy, stat_of, unlink
+from .watcher import Debounce
+
+log = logging.getLogger(__package__)
+
+
+class Uploader:
+    """Turns dirty paths of DIR into outbox entries. Used from the service loop."""
+
+    def __init__(
+        self,
+        folder: Folder,
+        state: StateDB,
+        outbox: Outbox,
+        debounce: Debounce,
+        guard: DeleteGuard,
+    ) -> None:
+        self.folder = folder
+        self.state = state
+        self.outbox = outbox
+        self.debounce = debounce
+        self.guard = guard
+
+    def drain(self, *, all_now: bool = False) -> None:
+        """Process the paths that are due (all dirty ones with `all_now`)."""
+        folder = self.folder
+        while not folder.stopping.is_set():
+            now = time.monotonic()
+            for sub in self.debounce.take_subtrees():
+                self.scan(sub, delay=None)  # files in a new folder may still be written
+            due = self.debounce.take_due(now, all_now=all_now)
+            if not due:
+                return
+            for rel in sorted(due):
+                if folder.stopping.is_set():
+                    return
+                try:
+                    with folder.lock:
+                        self.process(rel)
+                except DominoError as exc:
+                    folder.last_error = str(exc)
+                    log.error("sync: %s: %s", rel, exc)
+                except OSError as exc:
+                    folder.last_error = f"{rel}: {exc.strerror or exc}"
+                    log.warning("sync: cannot read %s: %s; will retry", rel, exc.strerror or exc)
+                    self.debounce.mark(rel, delay=max(5.0, self.debounce.upload_delay))
+            if not all_now:
+                return
+
+    def process(self, rel: str) -> None:
+        """Decide what one path needs: nothing, an upload, or a deletion candidate."""
+        folder = self.folder
+        if rel == IGNORE_FILE:
+            folder.reload_rules()
+        if folder.rules.is_ignored(rel):
+            return
+        path = folder.root / rel
+        try:
+            st: os.stat_result | None = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            self.debounce.add_subtree(rel)
+            return
+        if st is None or not stat.S_ISREG(st.st_mode):
+            if st is not None:
+                log.debug("sync: skipping %s: not a regular file", rel)
+            if self.state.get(rel) is None:
+                self.outbox.cancel(rel)  # created and removed before it was ever sent
+            else:
+                self.guard.candidate(rel)
+            return
+        self.guard.forget(rel)
+        pending = self.outbox.find(rel)  # before the row: a hook updates the row first
+        if (
+            pending is not None
+            and pending.op == "upload"
+            and meta_stat(pending.meta) == stat_of(st)
+        ):
+            return
+        row = self.state.get(rel)
+        if pending is None and row is not None and row.same_stat(*stat_of(st)):
+            return
+        staged = self.outbox.staging_path()
+        copied = stable_copy(path, staged)
+        if copied is None:
+            unlink(staged)
+            log.debug("sync: %s changed while being read; trying again later", rel)
+            self.debounce.mark(rel)
+            return
+        sha, st2 = copied
+        meta = {"sha256": sha, "size": st2[0], "mtime_ns": st2[1], "inode": st2[2]}
+        if pending is not None and pending.op == "upload" and pending.meta.get("sha256") == sha:
+            unlink(staged)
+            return
+        if pending is None and row is not None and row.sha256 == sha:
+            # Same bytes (a touch, a chmod): remember the new stat, send nothing.
+            self.state.put(FileState(rel, row.key, sha, *st2, base_key=row.base_key))
+            unlink(staged)
+            return
+        # Not fsynced: the local file is the truth, and a restart after a power loss finds it
+        # changed (stat) and queues it again.
+        self.outbox.enqueue_upload(
+            rel, staged, base_key=row.key if row else None, meta=meta, durable=False
+        )
+
+    def scan(self, sub: str = "", *, delay: float | None = 0.0) -> None:
+        """Stat-only reconcile of the tree (or a subtree) against the state database.
+
+        Changed paths are marked dirty after `delay` (None: the upload delay).
+        """
+        folder = self.folder
+        folder.reload_rules()
+        start = folder.root / sub if sub else folder.root
+        known = self.state.snapshot()
+        for rel, st in self._walk(start, sub):
+            row = known.pop(rel, None)
+            if row is None or row[1:] != stat_of(st):
+                self.debounce.mark(rel, delay=delay)
+        prefix = sub + "/" if sub else ""
+        for rel in known:  # in the state, not found by the walk: gone (or moved)
+            if not sub or rel == sub or rel.startswith(prefix):
+                self.debounce.mark(rel, delay=delay)
+
+    def _walk(self, directory: Path, rel_dir: str) -> Iterator[tuple[str, os.stat_result]]:
+        try:
+            it = os.scandir(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            log.warning("sync: cannot list %s: %s", directory, exc.strerror)
+            return
+        rules = self.folder.rules
+        with it:
+            for entry in it:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                if rel == STATE_DIR_NAME:
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    if not rules.is_ignored(rel, is_dir=True):
+                        yield from self._walk(Path(entry.path), rel)
+                elif stat.S_ISREG(st.st_mode) and not rules.is_ignored(rel):
+                    yield rel, st
+
+
+class OutboxHooks:
+    """What the outbox's threads report back: rows for what the server confirmed."""
+
+    def __init__(self, folder: Folder, state: StateDB, request_poll: Callable[[], None]) -> None:
+        self.folder = folder
+        self.state = state
+        self.request_poll = request_poll
+
+    def uploaded(self, path: str, result: UploadResult, staged: Path, entry: Entry) -> None:
+        m = entry.meta
+        self.state.put(
+            FileState(
+                path,
+                result.key,
+                str(m.get("sha256", "")),
+                int(m.get("size", -1)),
+                int(m.get("mtime_ns", -1)),
+                int(m.get("inode", -1)),
+            )
+        )
+
+    def conflict(
+        self, path: str, cpath: str, result: UploadResult, staged: Path, entry: Entry
+    ) -> None:
+        """Ours went to the server as `cpath`: mirror that locally, then fetch theirs."""
+        m = entry.meta
+        root = self.folder.root
+        with self.folder.lock:
+            local = root / path
+            target = safe_target(root, cpath)
+            try:
+                st = os.lstat(local)
+            except FileNotFoundError:
+                st = None
+            if (
+                target is not None
+                and st is not None
+                and stat_of(st) == meta_stat(m)
+                and not os.path.lexists(target)
+            ):
+                os.rename(local, target)
+                self.state.put(FileState(cpath, result.key, str(m.get("sha256", "")), *stat_of(st)))
+                self.state.remove(path)
+            self.request_poll()
+
+    def deleted(self, path: str, outcome: DeleteOutcome, entry: Entry) -> None:
+        self.state.remove(path)
+        if outcome == "changed_remotely":
+            self.request_poll()  # download the server's newer version
