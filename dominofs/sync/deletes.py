@@ -112,7 +112,7 @@ class DeleteGuard:
         if not ready:
             return
         with self.folder.lock:
-            back = {p for p in ready if os.path.lexists(root / p)}
+            back = {p for p in ready if self.folder.lexists(p)}
             for p in back:
                 self.forget(p)
                 self.debounce.mark(p, delay=0.0)

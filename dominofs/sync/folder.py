@@ -51,6 +51,22 @@ class Folder:
     def reload_rules(self) -> None:
         self.rules = IgnoreRules.for_root(self.root)
 
+    def inside(self, rel: str) -> bool:
+        """True unless an existing parent of `rel` is a symlink or no folder: then `root/rel`
+        is not in the tree but reached through a link (and an lstat of it would follow it)."""
+        return _parents_are_folders(self.root, rel.split("/"))
+
+    def lexists(self, rel: str) -> bool:
+        """Something (a symlink too) is at `rel` in the tree."""
+        return self.inside(rel) and os.path.lexists(self.root / rel)
+
+    def is_folder(self, rel: str) -> bool:
+        """`rel` is a real folder of the tree (a symlink to one is not: never walk into it)."""
+        try:
+            return self.inside(rel) and stat.S_ISDIR(os.lstat(self.root / rel).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
 
 def safe_target(root: Path, rel: str) -> Path | None:
     """`root/rel` if writing there cannot leave root, else None (logged by the caller).
@@ -61,21 +77,26 @@ def safe_target(root: Path, rel: str) -> Path | None:
     clean = clean_relpath(rel)
     if clean is None or clean != rel.strip("/") or rel.startswith("/"):
         return None
-    cur = root
-    parts = clean.split("/")
-    for part in parts[:-1]:
-        cur = cur / part
-        try:
-            st = os.lstat(cur)
-        except FileNotFoundError:
-            break
-        if not stat.S_ISDIR(st.st_mode):
-            return None
+    if not _parents_are_folders(root, clean.split("/")):
+        return None
     target = root / clean
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISLNK(os.lstat(target).st_mode):
             return None
     return target
+
+
+def _parents_are_folders(root: Path, parts: list[str]) -> bool:
+    cur = root
+    for part in parts[:-1]:
+        cur = cur / part
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            return True  # nothing further down exists either
+        if not stat.S_ISDIR(st.st_mode):
+            return False
+    return True
 
 
 def stat_of(st: os.stat_result) -> Stat:

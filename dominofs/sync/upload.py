@@ -80,7 +80,9 @@ class Uploader:
             return
         path = folder.root / rel
         try:
-            st: os.stat_result | None = os.lstat(path)
+            # Under a folder replaced by a symlink, lstat would follow the link: such a path
+            # has left the tree.
+            st: os.stat_result | None = os.lstat(path) if folder.inside(rel) else None
         except (FileNotFoundError, NotADirectoryError):
             st = None
         if st is not None and stat.S_ISDIR(st.st_mode):
@@ -137,7 +139,8 @@ class Uploader:
         folder.reload_rules()
         start = folder.root / sub if sub else folder.root
         known = self.state.snapshot()
-        for rel, st in self._walk(start, sub):
+        walk = self._walk(start, sub) if not sub or folder.is_folder(sub) else iter(())
+        for rel, st in walk:
             row = known.pop(rel, None)
             if row is None or row[1:] != stat_of(st):
                 self.debounce.mark(rel, delay=delay)
@@ -202,8 +205,8 @@ class OutboxHooks:
             local = root / path
             target = safe_target(root, cpath)
             try:
-                st = os.lstat(local)
-            except FileNotFoundError:
+                st = os.lstat(local) if self.folder.inside(path) else None
+            except (FileNotFoundError, NotADirectoryError):
                 st = None
             if (
                 target is not None

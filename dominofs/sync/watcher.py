@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserverVFS
 
 from .folder import Folder
 
@@ -149,6 +150,12 @@ class _OverflowWatch(logging.Handler):
                 self.debounce.request_rescan("inotify queue overflowed")
 
 
+def _polling(interval: float) -> Any:
+    # lstat, not watchdog's default stat: a symlink to a folder is an entry, never walked into
+    # (inotify does not follow one either).
+    return PollingObserverVFS(os.lstat, os.scandir, polling_interval=interval)
+
+
 class Watcher:
     """The observer on DIR feeding a Debounce. `start()`, then `stop()` (joins its thread)."""
 
@@ -166,14 +173,14 @@ class Watcher:
             if logger.getEffectiveLevel() > logging.WARNING:
                 logger.setLevel(logging.WARNING)
         root = str(self.folder.root)
-        observer: Any = PollingObserver(timeout=1.0) if self.polling else Observer()
+        observer: Any = _polling(1.0) if self.polling else Observer()
         observer.schedule(_Handler(self.folder, self.debounce), root, recursive=True)
         try:
             observer.start()
         except OSError as exc:  # inotify watch or instance limit: degrade, say so
             log.warning("inotify unavailable (%s); falling back to polling", exc)
             self.folder.last_error = f"inotify unavailable ({exc.strerror}); polling the folder"
-            observer = PollingObserver(timeout=2.0)
+            observer = _polling(2.0)
             observer.schedule(_Handler(self.folder, self.debounce), root, recursive=True)
             observer.start()
         self._observer = observer
