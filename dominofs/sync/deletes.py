@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +73,7 @@ class DeleteGuard:
         *,
         project: str,
         root_dev: int | None,
+        present: Callable[[str], bool],
         confirmed: bool = False,
     ) -> None:
         self.folder = folder
@@ -80,6 +82,7 @@ class DeleteGuard:
         self.debounce = debounce
         self.project = project
         self.root_dev = root_dev
+        self.present = present  # something in DIR still stands for a path: not a deletion
         self.confirmed = confirmed  # --confirm-deletes: covers what is held at the start, once
         self._candidates: dict[str, float] = {}
         self.held = Held()
@@ -112,7 +115,7 @@ class DeleteGuard:
         if not ready:
             return
         with self.folder.lock:
-            back = {p for p in ready if self.folder.lexists(p)}
+            back = {p for p in ready if self.present(p)}
             for p in back:
                 self.forget(p)
                 self.debounce.mark(p, delay=0.0)

@@ -20,11 +20,13 @@ import threading
 from pathlib import Path
 
 from ..errors import DominoError, NotFound, Unreachable
+from ..links import MAX_TARGET, decode_target
 from ..models import Remote, RemoteFile
 from ..outbox import Outbox
 from ..state import FileState, StateDB
 from .deletes import DeleteGuard
 from .folder import Folder, hash_local, safe_target, stat_of, unlink
+from .symlinks import Symlinks
 from .watcher import Debounce
 
 log = logging.getLogger(__package__)
@@ -45,6 +47,7 @@ class Poller:
         outbox: Outbox,
         debounce: Debounce,
         guard: DeleteGuard,
+        links: Symlinks,
         *,
         wanted: threading.Event,
     ) -> None:
@@ -55,6 +58,7 @@ class Poller:
         self.outbox = outbox
         self.debounce = debounce
         self.guard = guard
+        self.links = links
         self.wanted = wanted  # set when a poll must not wait for the interval
         self.error: str | None = None  # why the last poll failed
         self._download_failed = False  # a poll whose downloads failed is repeated next time
@@ -85,7 +89,7 @@ class Poller:
             return False
         self._ok()
         self._download_failed = False
-        rules = self.folder.rules
+        ignored = self.links.ignored
         kept = set(self.outbox.kept_local())
         known = self.state.snapshot()
         remote_paths: set[str] = set()
@@ -94,7 +98,7 @@ class Poller:
         for rf in listing:
             if self.folder.stopping.is_set() or self.outbox.completed != completed:
                 return changed  # our upload landed meanwhile: look again next time
-            if rules.is_ignored(rf.path):
+            if ignored(rf.path):
                 continue
             remote_paths.add(rf.path)
             if rf.path in kept:
@@ -115,7 +119,7 @@ class Poller:
         self._adopt(adopt)
         if self.outbox.completed != completed:
             return changed
-        gone = [p for p in known if p not in remote_paths and not rules.is_ignored(p)]
+        gone = [p for p in known if p not in remote_paths and not ignored(p)]
         del known
         for path in gone:
             with self.folder.lock:
@@ -181,28 +185,57 @@ class Poller:
         row = self.state.get(rf.path)
         if row is not None and row.key == rf.key:
             return False
+        name = self.links.carrier_of(rf.path)
+        if name is not None and 0 < rf.size <= MAX_TARGET and not self._plain_file(rf.path):
+            made = self._apply_link(rf, name, row)
+            if made is not None:
+                return made
         target = safe_target(root, rf.path)
         if target is None:
             log.error("sync: refusing to write %r from the server: outside %s", rf.path, root)
             return False
-        if self.outbox.find(rf.path) is not None:
-            return False  # our pending change decides (with its conflict check)
-        try:
-            st: os.stat_result | None = os.lstat(target)
-        except FileNotFoundError:
-            st = None
-        except NotADirectoryError:
-            log.error("sync: %s from the server clashes with a local file", rf.path)
+        may, st = self._may_replace(rf, target, row, link=False)
+        if not may:
             return False
-        if st is not None:
-            if not stat.S_ISREG(st.st_mode):
-                log.error("sync: %s from the server clashes with a local folder", rf.path)
-                return False
-            if row is None or not row.same_stat(*stat_of(st)):
-                self.debounce.mark(rf.path, delay=0.0)  # changed here too: the upload path decides
-                return False
         self.guard.forget(rf.path)
         return self._download(rf, target, st)
+
+    def _may_replace(
+        self, rf: RemoteFile, target: Path, row: FileState | None, *, link: bool
+    ) -> tuple[bool, os.stat_result | None]:
+        """Whether `rf` may replace what is at `target` (a file, or with `link` a symlink), and
+        its lstat (None: nothing there). Not while a change of ours is queued or over another
+        kind of thing; not if it changed since synced (marked: the upload path decides)."""
+        if self.outbox.find(rf.path) is not None:
+            return False, None  # our pending change decides (with its conflict check)
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            return True, None
+        except NotADirectoryError:
+            log.error("sync: %s from the server clashes with a local file", rf.path)
+            return False, None
+        if not (stat.S_ISLNK if link else stat.S_ISREG)(st.st_mode):
+            kind = "file or folder" if link else "folder"
+            log.error("sync: %s from the server clashes with a local %s", rf.path, kind)
+            return False, None
+        if row is None or not row.same_stat(*stat_of(st)):
+            self.debounce.mark(rf.path, delay=0.0)  # changed here too: the upload path decides
+            return False, None
+        return True, st
+
+    def _unchanged(self, rf: RemoteFile, target: Path, expected: os.stat_result | None) -> bool:
+        """`target` is as `_may_replace` found it (else marked: it changed here meanwhile)."""
+        try:
+            now_st: os.stat_result | None = os.lstat(target)
+        except FileNotFoundError:
+            now_st = None
+        if (now_st is None) != (expected is None) or (
+            now_st is not None and expected is not None and stat_of(now_st) != stat_of(expected)
+        ):
+            self.debounce.mark(rf.path, delay=0.0)
+            return False
+        return True
 
     def _download(self, rf: RemoteFile, target: Path, expected: os.stat_result | None) -> bool:
         tmp = self.folder.tmp_dir / f"dl-{os.getpid()}-{threading.get_ident()}"
@@ -219,29 +252,16 @@ class Poller:
                     size += len(chunk)
                 fh.flush()
                 os.fsync(fh.fileno())
-            if size != rf.size or (by_key is not None and by_key.hexdigest() != rf.key):
-                # Never let bad bytes into DIR; the next poll downloads it again.
-                self._download_failed = True
-                self.folder.last_error = f"{rf.path}: the downloaded bytes do not match the listing"
-                log.error("sync: %s; will retry", self.folder.last_error)
+            if self._bad_bytes(rf, size, by_key.hexdigest() if by_key is not None else None):
                 return False
             target.parent.mkdir(parents=True, exist_ok=True)
             if safe_target(self.folder.root, rf.path) is None:
                 return False
-            try:
-                now_st: os.stat_result | None = os.lstat(target)
-            except FileNotFoundError:
-                now_st = None
-            if (now_st is None) != (expected is None) or (
-                now_st is not None and expected is not None and stat_of(now_st) != stat_of(expected)
-            ):
-                self.debounce.mark(rf.path, delay=0.0)  # changed locally while downloading
-                return False
+            if not self._unchanged(rf, target, expected):
+                return False  # changed locally while downloading
             os.replace(tmp, target)
         except DominoError as exc:
-            self._download_failed = True
-            self.folder.last_error = str(exc)
-            log.error("sync: cannot download %s: %s; will retry", rf.path, exc)
+            self._failed(rf, exc)
             return False
         finally:
             unlink(tmp)
@@ -250,8 +270,79 @@ class Poller:
         log.info("sync: downloaded %s", rf.path)
         return True
 
+    def _bad_bytes(self, rf: RemoteFile, size: int, sha1: str | None) -> bool:
+        """True (and the poll repeated) if what came is not what the listing promised."""
+        if size == rf.size and (sha1 is None or sha1 == rf.key):
+            return False
+        # Never let bad bytes into DIR; the next poll downloads it again.
+        self._download_failed = True
+        self.folder.last_error = f"{rf.path}: the downloaded bytes do not match the listing"
+        log.error("sync: %s; will retry", self.folder.last_error)
+        return True
+
+    def _failed(self, rf: RemoteFile, exc: DominoError) -> None:
+        self._download_failed = True
+        self.folder.last_error = str(exc)
+        log.error("sync: cannot download %s: %s; will retry", rf.path, exc)
+
+    def _plain_file(self, path: str) -> bool:
+        """A regular file is at `path` in the tree (a link file there stays a plain file)."""
+        try:
+            return self.folder.inside(path) and stat.S_ISREG(
+                os.lstat(self.folder.root / path).st_mode
+            )
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def _apply_link(self, rf: RemoteFile, name: str, row: FileState | None) -> bool | None:
+        """Make (or replace) the symlink `name` the link file `rf` carries: True if made, False
+        if not now, None if its bytes name no target (then it is a plain file)."""
+        root = self.folder.root
+        target = safe_target(root, name, link_ok=True)
+        if target is None:
+            log.error("sync: refusing to make %r from the server: outside %s", name, root)
+            return False
+        may, st = self._may_replace(rf, target, row, link=True)
+        if not may:
+            return False
+        try:
+            data = b"".join(self.remote.iter_blob(rf.key))
+        except DominoError as exc:
+            self._failed(rf, exc)
+            return False
+        sha1 = hashlib.sha1(data, usedforsecurity=False).hexdigest()
+        if self._bad_bytes(rf, len(data), sha1 if _SHA1_KEY.match(rf.key) else None):
+            return False
+        link_target = decode_target(data)
+        if link_target is None:
+            return None
+        self.guard.forget(rf.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if safe_target(root, name, link_ok=True) is None or not self._unchanged(rf, target, st):
+            return False
+        try:
+            made = self.links.make(name, link_target)
+        except OSError as exc:
+            self.folder.last_error = f"{name}: cannot make the symlink: {exc.strerror or exc}"
+            log.error("sync: %s", self.folder.last_error)
+            return False
+        digest = hashlib.sha256(data).hexdigest()
+        self.state.put(FileState(rf.path, rf.key, digest, *stat_of(made)))
+        log.info("sync: made the symlink %s from the server", name)
+        return True
+
     def _apply_delete(self, row: FileState) -> bool:
         if self.outbox.find(row.path) is not None:
+            return False
+        name = self.links.carrier_of(row.path)
+        link = self.links.symlink_stat(name) if name is not None else None
+        if name is not None and link is not None and not self._plain_file(row.path):
+            if row.same_stat(*stat_of(link)):
+                os.unlink(self.folder.root / name)
+                self.state.remove(row.path)
+                log.info("sync: the link %s was deleted on the server; deleted here", name)
+                return True
+            self.debounce.mark(row.path, delay=0.0)  # changed here: ours is uploaded again
             return False
         target = safe_target(self.folder.root, row.path)
         if target is None:

@@ -68,11 +68,12 @@ class Folder:
             return False
 
 
-def safe_target(root: Path, rel: str) -> Path | None:
+def safe_target(root: Path, rel: str, *, link_ok: bool = False) -> Path | None:
     """`root/rel` if writing there cannot leave root, else None (logged by the caller).
 
     Rejects what `clean_relpath` rejects (.., absolute, NUL, empty), and existing parents that
-    are symlinks or not directories (a link inside DIR must not lead a download outside).
+    are symlinks or not directories (a link inside DIR must not lead a download outside); and a
+    symlink at `rel` itself, unless `link_ok` (a new link renamed over it replaces it).
     """
     clean = clean_relpath(rel)
     if clean is None or clean != rel.strip("/") or rel.startswith("/"):
@@ -81,7 +82,7 @@ def safe_target(root: Path, rel: str) -> Path | None:
         return None
     target = root / clean
     with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISLNK(os.lstat(target).st_mode):
+        if not link_ok and stat.S_ISLNK(os.lstat(target).st_mode):
             return None
     return target
 

@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,9 @@ def sd_notify(message: str) -> bool:
     return True
 
 
-def summary(phase: str, outbox: Outbox | None, held: Held, *, poll_error: str | None) -> str:
+def summary(
+    phase: str, outbox: Outbox | None, held: Held, *, poll_error: str | None, skipped: int = 0
+) -> str:
     """`watching, 3 pending, 2 conflicts, server unreachable`: the STATUS= line."""
     pending = outbox.pending_count() if outbox is not None else 0
     parts = [phase, f"{pending} pending"]
@@ -49,6 +51,8 @@ def summary(phase: str, outbox: Outbox | None, held: Held, *, poll_error: str | 
     conflicts = len(outbox.conflicts()) if outbox is not None else 0
     if conflicts:
         parts.append(f"{conflicts} conflicts")
+    if skipped:
+        parts.append(f"{skipped} symlinks skipped")
     if poll_error or (outbox and outbox.server_reachable is False):
         parts.append("server unreachable")
     return ", ".join(parts)
@@ -64,6 +68,7 @@ def status_record(
     held: Held,
     poll_error: str | None,
     last_error: str | None,
+    symlinks: Mapping[str, object],
 ) -> dict[str, Any]:
     """What status.json holds (CONTRACT §6)."""
     data: dict[str, Any] = {
@@ -86,6 +91,7 @@ def status_record(
     data["held_reason"] = held.reason or None
     data["last_error"] = poll_error or data.get("last_error") or last_error
     data["head"] = head
+    data.update(symlinks)  # links, and the symlinks not carried: count and the first paths
     return data
 
 

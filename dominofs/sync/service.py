@@ -31,6 +31,7 @@ from .deletes import CONFIRM_MARKER, DeleteGuard, Held
 from .download import Poller
 from .folder import Folder
 from .report import StatusFile, sd_notify, status_record, summary
+from .symlinks import Symlinks
 from .upload import OutboxHooks, Uploader
 from .watcher import Debounce, Watcher
 
@@ -55,6 +56,7 @@ class SyncService:
         poll_interval: float = 15.0,
         confirm_deletes: bool = False,
         pull: bool = False,
+        links: bool = False,
         max_backoff: float = 10.0,
         concurrency: int = 4,
         registry_dir: Path | None = None,
@@ -66,6 +68,7 @@ class SyncService:
         self.poll_interval = max(0.5, poll_interval)
         self.confirm_deletes = confirm_deletes
         self.pull = pull
+        self.links = links
         self.registry_dir = registry_dir
         self.project = str(remote.project)
         self.state_dir = self.folder.state_dir
@@ -82,6 +85,7 @@ class SyncService:
         self._guard: DeleteGuard | None = None
         self._uploader: Uploader | None = None
         self._poller: Poller | None = None
+        self._symlinks: Symlinks | None = None
 
     def stop(self) -> None:
         """Ask the service to stop (safe from a signal handler)."""
@@ -137,6 +141,7 @@ class SyncService:
             on_conflict=hooks.conflict,
             on_deleted=hooks.deleted,
         )
+        links = self._symlinks = Symlinks(self.folder, state, enabled=self.links)
         guard = self._guard = DeleteGuard(
             self.folder,
             state,
@@ -144,12 +149,12 @@ class SyncService:
             self.debounce,
             project=self.project,
             root_dev=root_dev,
+            present=links.present,
             confirmed=self.confirm_deletes,
         )
-        uploader = self._uploader = Uploader(self.folder, state, outbox, self.debounce, guard)
-        poller = self._poller = Poller(
-            self.folder, self.remote, state, outbox, self.debounce, guard, wanted=self._poll_wanted
-        )
+        parts = (state, outbox, self.debounce, guard, links)
+        uploader = self._uploader = Uploader(self.folder, *parts)
+        poller = self._poller = Poller(self.folder, self.remote, *parts, wanted=self._poll_wanted)
         status_mod.register(
             "sync", self.project, root, self._status_file.path, directory=self.registry_dir
         )
@@ -289,8 +294,16 @@ class SyncService:
     def _poll_error(self) -> str | None:
         return self._poller.error if self._poller is not None else None
 
+    def _skipped(self) -> dict[str, object]:
+        if self._symlinks is not None:
+            return self._symlinks.status()
+        return {"links": self.links, "skipped_symlinks": [], "skipped_symlinks_count": 0}
+
     def _summary(self) -> str:
-        return summary(self._phase, self.outbox, self._held(), poll_error=self._poll_error())
+        skipped = self._symlinks.skipped_count() if self._symlinks is not None else 0
+        return summary(
+            self._phase, self.outbox, self._held(), poll_error=self._poll_error(), skipped=skipped
+        )
 
     def status(self) -> dict[str, Any]:
         """What status.json holds (CONTRACT §6)."""
@@ -303,6 +316,7 @@ class SyncService:
             held=self._held(),
             poll_error=self._poll_error(),
             last_error=self.folder.last_error,
+            symlinks=self._skipped(),
         )
 
     def _write_status(self, *, force: bool = False) -> None:

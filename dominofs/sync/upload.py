@@ -9,6 +9,7 @@ copy in DIR. Must not download or poll: a remote change reaches this side as a d
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
@@ -18,11 +19,13 @@ from pathlib import Path
 
 from ..errors import DominoError
 from ..ignore import IGNORE_FILE, STATE_DIR_NAME
+from ..links import LINK_SUFFIX, link_file, link_of
 from ..models import UploadResult
 from ..outbox import DeleteOutcome, Entry, Outbox
 from ..state import FileState, StateDB
 from .deletes import DeleteGuard
-from .folder import Folder, meta_stat, safe_target, stable_copy, stat_of, unlink
+from .folder import Folder, Stat, meta_stat, safe_target, stable_copy, stat_of, unlink
+from .symlinks import Symlinks
 from .watcher import Debounce
 
 log = logging.getLogger(__package__)
@@ -38,12 +41,14 @@ class Uploader:
         outbox: Outbox,
         debounce: Debounce,
         guard: DeleteGuard,
+        links: Symlinks,
     ) -> None:
         self.folder = folder
         self.state = state
         self.outbox = outbox
         self.debounce = debounce
         self.guard = guard
+        self.links = links
 
     def drain(self, *, all_now: bool = False) -> None:
         """Process the paths that are due (all dirty ones with `all_now`)."""
@@ -74,9 +79,10 @@ class Uploader:
     def process(self, rel: str) -> None:
         """Decide what one path needs: nothing, an upload, or a deletion candidate."""
         folder = self.folder
+        links = self.links
         if rel == IGNORE_FILE:
             folder.reload_rules()
-        if folder.rules.is_ignored(rel):
+        if links.ignored(rel):
             return
         path = folder.root / rel
         try:
@@ -87,16 +93,59 @@ class Uploader:
             st = None
         if st is not None and stat.S_ISDIR(st.st_mode):
             self.debounce.add_subtree(rel)
-            return
-        if st is None or not stat.S_ISREG(st.st_mode):
+        elif st is not None and stat.S_ISREG(st.st_mode):
+            name = links.carrier_of(rel)
+            if name is not None and links.symlink_stat(name) is not None:
+                links.skip(name, f"the plain file {rel} takes the place of its link file")
+            self.guard.forget(rel)
+            self._send_if_changed(rel, st, functools.partial(stable_copy, path))
+        elif not self._carry(rel):
             if st is not None:
                 log.debug("sync: skipping %s: not a regular file", rel)
             if self.state.get(rel) is None:
                 self.outbox.cancel(rel)  # created and removed before it was ever sent
             else:
                 self.guard.candidate(rel)
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            if links.enabled:
+                self.process(link_file(rel))
+            else:
+                links.skip(rel, "dominofs sync --links would carry it")
             return
-        self.guard.forget(rel)
+        links.unskip(rel)
+        carried = link_file(rel)
+        if links.enabled and (
+            self.state.get(carried) is not None or self.outbox.find(carried) is not None
+        ):
+            self.process(link_file(rel))  # the symlink here was carried: it is gone now
+
+    def _carry(self, path: str) -> bool:
+        """Send the symlink NAME that `path` (NAME.dominolink) carries; False if there is none.
+
+        Without --links a symlink is not sent, but the link file it was carried by before is
+        not deleted either (True then too).
+        """
+        name = link_of(path)
+        st = self.links.symlink_stat(name) if name is not None else None
+        if name is None or st is None:
+            return False
+        if not self.links.enabled:
+            return self.links.was_carried(path, st)
+        self.links.unskip(name)
+        self.guard.forget(path)
+        stage = functools.partial(self.links.stage, name)
+        self._send_if_changed(path, st, stage, symlink=True)
+        return True
+
+    def _send_if_changed(
+        self,
+        rel: str,
+        st: os.stat_result,
+        stage: Callable[[Path], tuple[str, Stat] | None],
+        *,
+        symlink: bool = False,
+    ) -> None:
+        """Queue the bytes `stage` writes as `rel`, unless they are what is queued or synced."""
         pending = self.outbox.find(rel)  # before the row: a hook updates the row first
         if (
             pending is not None
@@ -108,14 +157,21 @@ class Uploader:
         if pending is None and row is not None and row.same_stat(*stat_of(st)):
             return
         staged = self.outbox.staging_path()
-        copied = stable_copy(path, staged)
+        copied = stage(staged)
         if copied is None:
             unlink(staged)
             log.debug("sync: %s changed while being read; trying again later", rel)
             self.debounce.mark(rel)
             return
         sha, st2 = copied
-        meta = {"sha256": sha, "size": st2[0], "mtime_ns": st2[1], "inode": st2[2]}
+        meta: dict[str, object] = {
+            "sha256": sha,
+            "size": st2[0],
+            "mtime_ns": st2[1],
+            "inode": st2[2],
+        }
+        if symlink:
+            meta["symlink"] = True  # the conflict hook renames the link, not a file
         if pending is not None and pending.op == "upload" and pending.meta.get("sha256") == sha:
             unlink(staged)
             return
@@ -139,17 +195,23 @@ class Uploader:
         folder.reload_rules()
         start = folder.root / sub if sub else folder.root
         known = self.state.snapshot()
-        walk = self._walk(start, sub) if not sub or folder.is_folder(sub) else iter(())
+        skipped: set[str] = set()
+        walk = self._walk(start, sub, skipped) if not sub or folder.is_folder(sub) else iter(())
         for rel, st in walk:
             row = known.pop(rel, None)
             if row is None or row[1:] != stat_of(st):
                 self.debounce.mark(rel, delay=delay)
+        self.links.rescanned(sub, skipped)
         prefix = sub + "/" if sub else ""
         for rel in known:  # in the state, not found by the walk: gone (or moved)
             if not sub or rel == sub or rel.startswith(prefix):
                 self.debounce.mark(rel, delay=delay)
 
-    def _walk(self, directory: Path, rel_dir: str) -> Iterator[tuple[str, os.stat_result]]:
+    def _walk(
+        self, directory: Path, rel_dir: str, skipped: set[str]
+    ) -> Iterator[tuple[str, os.stat_result]]:
+        """(project path, lstat) of each file, and of each symlink --links carries; the
+        symlinks not carried go to `skipped`."""
         try:
             it = os.scandir(directory)
         except (FileNotFoundError, NotADirectoryError):
@@ -169,9 +231,15 @@ class Uploader:
                     continue
                 if stat.S_ISDIR(st.st_mode):
                     if not rules.is_ignored(rel, is_dir=True):
-                        yield from self._walk(Path(entry.path), rel)
-                elif stat.S_ISREG(st.st_mode) and not rules.is_ignored(rel):
-                    yield rel, st
+                        yield from self._walk(Path(entry.path), rel, skipped)
+                elif stat.S_ISREG(st.st_mode):
+                    if not rules.is_ignored(rel):
+                        yield rel, st
+                elif stat.S_ISLNK(st.st_mode) and not rules.is_ignored(rel):
+                    if not self.links.enabled or _is_file(entry.path + LINK_SUFFIX):
+                        skipped.add(rel)  # not carried (a plain file has its link's name)
+                    elif not rules.is_ignored(link_file(rel)):
+                        yield link_file(rel), st
 
 
 class OutboxHooks:
@@ -201,11 +269,15 @@ class OutboxHooks:
         """Ours went to the server as `cpath`: mirror that locally, then fetch theirs."""
         m = entry.meta
         root = self.folder.root
+        # A symlink's copy is the link renamed to the name the copy's link file carries.
+        if m.get("symlink"):
+            here, there = link_of(path) or path, link_of(cpath) or cpath
+        else:
+            here, there = path, cpath
         with self.folder.lock:
-            local = root / path
-            target = safe_target(root, cpath)
+            target = safe_target(root, there)
             try:
-                st = os.lstat(local) if self.folder.inside(path) else None
+                st = os.lstat(root / here) if self.folder.inside(here) else None
             except (FileNotFoundError, NotADirectoryError):
                 st = None
             if (
@@ -214,7 +286,7 @@ class OutboxHooks:
                 and stat_of(st) == meta_stat(m)
                 and not os.path.lexists(target)
             ):
-                os.rename(local, target)
+                os.rename(root / here, target)
                 self.state.put(FileState(cpath, result.key, str(m.get("sha256", "")), *stat_of(st)))
                 self.state.remove(path)
             self.request_poll()
@@ -223,3 +295,10 @@ class OutboxHooks:
         self.state.remove(path)
         if outcome == "changed_remotely":
             self.request_poll()  # download the server's newer version
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
