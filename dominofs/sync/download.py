@@ -186,7 +186,7 @@ class Poller:
         if row is not None and row.key == rf.key:
             return False
         name = self.links.carrier_of(rf.path)
-        if name is not None and 0 < rf.size <= MAX_TARGET and not self._plain_file(rf.path):
+        if name is not None and 0 < rf.size <= MAX_TARGET and not self.folder.is_file(rf.path):
             made = self._apply_link(rf, name, row)
             if made is not None:
                 return made
@@ -285,15 +285,6 @@ class Poller:
         self.folder.last_error = str(exc)
         log.error("sync: cannot download %s: %s; will retry", rf.path, exc)
 
-    def _plain_file(self, path: str) -> bool:
-        """A regular file is at `path` in the tree (a link file there stays a plain file)."""
-        try:
-            return self.folder.inside(path) and stat.S_ISREG(
-                os.lstat(self.folder.root / path).st_mode
-            )
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-
     def _apply_link(self, rf: RemoteFile, name: str, row: FileState | None) -> bool | None:
         """Make (or replace) the symlink `name` the link file `rf` carries: True if made, False
         if not now, None if its bytes name no target (then it is a plain file)."""
@@ -336,7 +327,7 @@ class Poller:
             return False
         name = self.links.carrier_of(row.path)
         link = self.links.symlink_stat(name) if name is not None else None
-        if name is not None and link is not None and not self._plain_file(row.path):
+        if name is not None and link is not None and not self.folder.is_file(row.path):
             if row.same_stat(*stat_of(link)):
                 os.unlink(self.folder.root / name)
                 self.state.remove(row.path)

@@ -56,9 +56,12 @@ class Folder:
         is not in the tree but reached through a link (and an lstat of it would follow it)."""
         return _parents_are_folders(self.root, rel.split("/"))
 
-    def lexists(self, rel: str) -> bool:
-        """Something (a symlink too) is at `rel` in the tree."""
-        return self.inside(rel) and os.path.lexists(self.root / rel)
+    def is_file(self, rel: str) -> bool:
+        """`rel` is a regular file of the tree."""
+        try:
+            return self.inside(rel) and stat.S_ISREG(os.lstat(self.root / rel).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     def is_folder(self, rel: str) -> bool:
         """`rel` is a real folder of the tree (a symlink to one is not: never walk into it)."""

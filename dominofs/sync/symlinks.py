@@ -64,9 +64,10 @@ class Symlinks:
         return row is not None and row.inode == st.st_ino
 
     def present(self, path: str) -> bool:
-        """Something in the tree still stands for `path`: a file there, or the symlink its link
-        file carries (carried before, if --links is off now: its link is not deleted)."""
-        if self.folder.lexists(path):
+        """Something in the tree still stands for `path`: a regular file there, or the symlink
+        its link file carries (carried before, if --links is off now: its link is not deleted).
+        A symlink or fifo where a file was is no file: the file's deletion goes ahead."""
+        if self.folder.is_file(path):
             return True
         name = link_of(path)
         if name is None:

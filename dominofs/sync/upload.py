@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import DominoError
 from ..ignore import IGNORE_FILE, STATE_DIR_NAME
-from ..links import LINK_SUFFIX, link_file, link_of
+from ..links import link_file, link_of
 from ..models import UploadResult
 from ..outbox import DeleteOutcome, Entry, Outbox
 from ..state import FileState, StateDB
@@ -236,7 +236,7 @@ class Uploader:
                     if not rules.is_ignored(rel):
                         yield rel, st
                 elif stat.S_ISLNK(st.st_mode) and not rules.is_ignored(rel):
-                    if not self.links.enabled or _is_file(entry.path + LINK_SUFFIX):
+                    if not self.links.enabled or self.folder.is_file(link_file(rel)):
                         skipped.add(rel)  # not carried (a plain file has its link's name)
                     elif not rules.is_ignored(link_file(rel)):
                         yield link_file(rel), st
@@ -295,10 +295,3 @@ class OutboxHooks:
         self.state.remove(path)
         if outcome == "changed_remotely":
             self.request_poll()  # download the server's newer version
-
-
-def _is_file(path: str) -> bool:
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False

@@ -52,6 +52,7 @@ def test_without_links_symlinks_are_counted_never_followed_and_never_uploaded(
     root = sp.root
     write(root / "data" / "a.txt", b"a")
     write(root / "d" / "f.txt", b"in the tree")
+    write(root / "was_file", b"a file first")
     os.symlink("data/a.txt", root / "rel")
     os.symlink(outside / "secret.txt", root / "abs")
     os.symlink("data", root / "dirlink")  # to a folder: never walked into
@@ -61,14 +62,18 @@ def test_without_links_symlinks_are_counted_never_followed_and_never_uploaded(
     assert status["links"] is False
     assert status["skipped_symlinks"] == ["abs", "dirlink", "rel"]
     assert status["skipped_symlinks_count"] == 3
-    assert set(remote_files(remote)) == BASE | {"data/a.txt", "d/f.txt"}
+    assert set(remote_files(remote)) == BASE | {"data/a.txt", "d/f.txt", "was_file"}
 
     os.rename(root / "d", root / "d.bak")  # a folder moves away and a link takes its place:
     os.symlink(outside, root / "d")  # its rescan must not walk into the link
     os.unlink(root / "rel")
+    os.unlink(root / "was_file")  # a file replaced by a symlink is deleted, the link skipped
+    os.symlink("data/a.txt", root / "was_file")
     wait_for(lambda: "d.bak/f.txt" in remote_files(remote), what="the moved folder")
     wait_for(lambda: "d/f.txt" not in remote_files(remote), what="its old path deleted")
-    wait_for(lambda: sp.status().get("skipped_symlinks") == ["abs", "d", "dirlink"], what="d")
+    wait_for(lambda: "was_file" not in remote_files(remote), what="the replaced file deleted")
+    skipped = ["abs", "d", "dirlink", "was_file"]
+    wait_for(lambda: sp.status().get("skipped_symlinks") == skipped, what="d and was_file")
     upload(remote, "remote.dominolink", b"data/a.txt")  # without --links: a plain file
     wait_for(lambda: (root / "remote.dominolink").is_file(), what="the plain file")
     sp.wait_idle()
@@ -78,9 +83,9 @@ def test_without_links_symlinks_are_counted_never_followed_and_never_uploaded(
 
     r = run_cli(sp.env, "status", "--json")
     [item] = json.loads(r.stdout)
-    assert item["skipped_symlinks_count"] == 3
+    assert item["skipped_symlinks_count"] == 4
     r = run_cli(sp.env, "status")
-    assert "3 symlinks skipped (not uploaded; dominofs sync --links carries them)" in r.stdout
+    assert "4 symlinks skipped (not uploaded; dominofs sync --links carries them)" in r.stdout
     assert sp.terminate() == 0
 
 
@@ -95,6 +100,8 @@ def test_links_go_up_as_link_files_change_and_come_back_in_a_fresh_pull(
     sp.args = ["--links"]
     root = sp.root
     write(root / "data" / "a.txt", b"the target's bytes: never uploaded as a link")
+    write(root / "gone.txt", b"deleted while the service is down")
+    write(root / "file2link", b"a file first, then a link")
     links = {
         "rel": "data/a.txt",
         "abs": "/an/absolute/target",  # dangling too
@@ -108,16 +115,31 @@ def test_links_go_up_as_link_files_change_and_come_back_in_a_fresh_pull(
     sp.start()
     sp.wait_idle()
     carried = {f"{name}.dominolink" for name in links}
-    assert set(remote_files(remote)) == BASE | {"data/a.txt"} | carried
+    assert set(remote_files(remote)) == BASE | {"data/a.txt", "gone.txt", "file2link"} | carried
     for name, target in links.items():
         assert remote_bytes(remote, f"{name}.dominolink") == target.encode()
     assert sp.status()["skipped_symlinks_count"] == 0
 
     relink(root / "rel", "data/b.txt")  # a local change and a local delete propagate
     os.unlink(root / "abs")
+    os.unlink(root / "file2link")  # and a file replaced by a link
+    os.symlink("data/a.txt", root / "file2link")
     wait_for(lambda: remote_bytes(remote, "rel.dominolink") == b"data/b.txt", what="changed")
     wait_for(lambda: "abs.dominolink" not in remote_files(remote), what="deleted")
+    wait_for(lambda: "file2link" not in remote_files(remote), what="the file replaced")
+    assert remote_bytes(remote, "file2link.dominolink") == b"data/a.txt"
+    links["file2link"] = "data/a.txt"
+    carried = {f"{name}.dominolink" for name in links} - {"abs.dominolink"}
     sp.wait_idle()
+    assert sp.terminate() == 0
+
+    sp.args = []  # --links off: the links are skipped, and their link files stay on the server
+    os.unlink(root / "gone.txt")  # a deletion judged with whatever else looks deleted
+    sp.start()
+    wait_for(lambda: "gone.txt" not in remote_files(remote), what="the deletion judged")
+    sp.wait_idle()
+    assert sp.status()["skipped_symlinks"] == ["dangling", "dirlink", "file2link", "rel", "sub/up"]
+    assert set(remote_files(remote)) == BASE | {"data/a.txt"} | carried
     assert sp.terminate() == 0
 
     puts = server.requests_count("PUT upload")
