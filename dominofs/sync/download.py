@@ -2,8 +2,9 @@
 
 Owns: reading the head and its listing, downloading a remote change of a file not changed here
 (verified against the listing, fsynced in DIR/.dominofs/tmp, then renamed into place: never a
-partial file, never outside DIR, never through a symlink), applying a remote deletion to a file
-still as synced, adopting the local files of a first sync whose bytes already match (sha1 = key),
+partial file, never outside DIR, never through a symlink), with --links making a link file's
+symlink (renamed over the old link), applying a remote deletion to a file or link still as
+synced, adopting the local files of a first sync whose bytes already match (sha1 = key),
 and recording the head once all of it is applied. Must not upload: a path changed on both sides
 is marked dirty, and the upload side's conflict check decides.
 """

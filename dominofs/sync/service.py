@@ -4,9 +4,9 @@ Owns: opening DIR (the --pull checks, the private DIR/.dominofs/, the lock that 
 per folder, the state database, the outbox and the registry entry) and closing it, wiring the
 parts together, the service loop (drain what is due, rescans, deletions, polls, status, systemd's
 watchdog), `run_once`, and the verdict of whether the folder is in step. What each step does is
-the parts' business (watcher, upload, download, deletes, report). Must not import requests or
-api.py: it receives a `models.Remote`. Threads: the observer's and the outbox's, both started and
-joined here; the service loop runs in the caller's thread.
+the parts' business (watcher, upload, download, deletes, symlinks, report). Must not import
+requests or api.py: it receives a `models.Remote`. Threads: the observer's and the outbox's,
+both started and joined here; the service loop runs in the caller's thread.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Owns: draining the debounce's due paths, deciding for one path (nothing, an upload, a deletion
 candidate), the stat-only reconcile of the tree or a subtree against the state database (hash
 only on a stat change, upload only on a content change), the stat-stable staging copy handed to
-the outbox, and the outbox's hooks, which record what the server confirmed and mirror a conflict
-copy in DIR. Must not download or poll: a remote change reaches this side as a dirty path only.
+the outbox (of a file, or with --links of a symlink's target, sent as its link file), and the
+outbox's hooks, which record what the server confirmed and mirror a conflict copy in DIR. Never
+follows a symlink. Must not download or poll: a remote change reaches it as a dirty path only.
 """
 
 from __future__ import annotations
