@@ -66,6 +66,16 @@ def _describe(item: dict[str, Any]) -> list[str]:
             f"  local only (never uploaded, kept here): {local.get('objects')} objects, "
             f"{_size(local.get('bytes'))}"
         )
+    skipped = item.get("skipped_symlinks_count") or 0
+    if skipped:
+        why = (
+            "a plain NAME.dominolink file takes the place of their link file"
+            if item.get("links")
+            else "not uploaded; dominofs sync --links carries them"
+        )
+        shown = item.get("skipped_symlinks") or []
+        more = f", and {skipped - len(shown)} more" if skipped > len(shown) else ""
+        lines.append(f"  {skipped} symlinks skipped ({why}): {', '.join(shown)}{more}")
     for p in item.get("deletions_kept_local") or []:
         lines.append(f"  deletion kept local (server has no DELETE): {p}")
     if item.get("last_error"):

@@ -31,6 +31,11 @@ from .common import (
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--once", is_flag=True, help="Reconcile both ways and exit (0 when in step).")
 @click.option("--pull", is_flag=True, help="Download the project into an empty DIR first.")
+@click.option(
+    "--links",
+    is_flag=True,
+    help="Carry symlinks as NAME.dominolink files holding their target, as the mount does.",
+)
 @upload_delay_option("Seconds a file must be quiet before it is uploaded.", hi=3600)
 @poll_option("Seconds between checks for remote changes.", lo=0.5)
 @click.option(
@@ -57,6 +62,7 @@ def sync(
     directory: Path,
     once: bool,
     pull: bool,
+    links: bool,
     upload_delay: float,
     poll_interval: float,
     confirm_deletes: bool,
@@ -87,6 +93,7 @@ def sync(
         poll_interval=poll_interval,
         confirm_deletes=confirm_deletes,
         pull=pull,
+        links=links,
         max_backoff=max_backoff,
     )
     if once:
