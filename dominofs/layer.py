@@ -157,6 +157,7 @@ class Layer:
         self._dropped: set[int] = set()
         self._names: dict[str, int | None] = {}  # None: the name is gone
         self._whiteouts: dict[str, bool] = {}
+        self._later: list[Path] = []  # files to remove once the batch naming them is written
         self._new_files = False  # a bytes file was made since the folder was last fsynced
 
     # -- reading ---------------------------------------------------------------------------
@@ -234,6 +235,11 @@ class Layer:
     def whiteout(self, path: str, on: bool = True) -> None:
         self._whiteouts[path] = on
 
+    def unlink_later(self, path: Path) -> None:
+        """Remove `path` once the batch (which no longer names it) is written: a crash before
+        that leaves the inode naming a file that still exists."""
+        self._later.append(path)
+
     @property
     def dirty(self) -> bool:
         return bool(self._inodes or self._dropped or self._names or self._whiteouts)
@@ -245,6 +251,11 @@ class Layer:
             OSError: the disk refused (sqlite3 errors are turned into OSError(EIO)).
         """
         if not self.dirty and not durable:
+            if self._later:
+                later, self._later = self._later, []
+                for path in later:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
             return
         inodes, dropped, names, whiteouts = (
             self._inodes,
@@ -300,6 +311,10 @@ class Layer:
         if durable and self._new_files:
             self._new_files = False
             fsync_dir(self.data_dir)
+        later, self._later = self._later, []
+        for path in later:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -436,6 +436,7 @@ def run(remote: Remote, options: MountOptions) -> None:
     def write_status() -> None:
         while True:
             with contextlib.suppress(Exception):
+                vfs.tick()
                 status_mod.write_status(
                     status_file, {**vfs.status(fresh=False), "state": "mounted"}
                 )

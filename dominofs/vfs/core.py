@@ -424,6 +424,16 @@ class VFS(NameOps):
             "f_namemax": 255,
         }
 
+    def tick(self) -> None:
+        """Write what the layer batched without a close or an fsync asking (the outbox's own
+        bookkeeping after an upload). Called about once a second."""
+        if self.layer is not None and self.layer.dirty:
+            with self._lock:
+                try:
+                    self._commit()
+                except OSError as exc:
+                    log.warning("%s", exc)
+
     def fsyncdir(self) -> None:
         """A folder's names (renames, creations) on disk: the layer's transactions so far."""
         if self.layer is not None:

@@ -177,9 +177,7 @@ class FileOps(VFSState):
                     node.mtime = node.ctime = time.time_ns()
                     node.dirty = True
                 self.ns.save(node)
-                opened = self._add_writer(node, flags)
-                self._commit()
-                return opened
+                return self._add_writer(node, flags)  # written at the close, as for create
         finally:
             if staged is not None:
                 self._discard(staged.work)
@@ -246,7 +244,8 @@ class FileOps(VFSState):
                     self.ns.touch_dir(parent, now)
                     opened = self._add_writer(node, flags, fd)
                     fd = -1  # the handle owns it
-                    self._commit()
+                    # Written at the close (a close survives a crash; an open file need not),
+                    # or with any other change before it: one transaction per file copied in.
                     return opened
         finally:
             if fd >= 0:

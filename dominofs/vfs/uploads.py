@@ -178,7 +178,6 @@ class Uploads:
 
     def on_uploaded(self, rel: str, result: UploadResult, staged: Path, entry: Entry) -> None:
         cached = self._adopt(result.key, staged, result.size)
-        drop: Path | None = None
         with self.lock:
             p = self._mount_path(rel)
             ino = self.ns.names.get(p)
@@ -192,14 +191,13 @@ class Uploads:
                     self.ns.unsettled[node.ino] = node
                     alone = len(node.names) == 1 and _stat.S_ISREG(node.mode)
                     if alone and cached and not node.dirty and not node.writers and node.work:
-                        # The cache holds these bytes now; the layer keeps only their key.
-                        drop = self.layer.path_of(node.work)
+                        # The cache holds these bytes now; the layer keeps only their key. The
+                        # change is written with the next batch (a crash before it re-sends
+                        # the same bytes, which the outbox recognises): one transaction less
+                        # per upload.
+                        self.layer.unlink_later(self.layer.path_of(node.work))
                         node.work, node.key = None, result.key
                 self.ns.save(node)
-                self._commit()
-        if drop is not None:
-            with contextlib.suppress(FileNotFoundError):
-                drop.unlink()
         self._wake()
 
     def _adopt(self, key: str, staged: Path, size: int) -> bool:
