@@ -140,6 +140,16 @@ def test_a_content_route_that_ignores_range_is_skipped_and_capped_locally() -> N
     assert len(srv.seen) == 5  # after the first read, straight to the content route
 
 
+def test_a_project_lookup_without_an_id_is_a_server_error() -> None:
+    plan = [Answer(200, LISTING), Answer(404, {"message": "no such route"}), Answer(200, {})]
+    with hostile_server(plan) as srv, _client(srv.url) as c:
+        pc = c.project("alice/demo")
+        pc.list_files(COMMIT)
+        with pytest.raises(errors.ServerError, match="no project id"):
+            pc.iter_blob("a" * 40)
+        assert not c.blob_route_gone
+
+
 def test_commits_as_objects_with_an_id_are_accepted() -> None:
     plan = [
         Answer(200, [{"id": "b" * 40, "name": "new"}, {"id": "a" * 40}]),
