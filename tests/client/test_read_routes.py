@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
 from dominofs import errors
-from dominofs.api import DominoClient
+from dominofs.api import DominoClient, ProjectClient
 
 from ..conftest import ALICE_KEY, LocalServer
-from .hostile import Answer, hostile_server
+from .hostile import Answer, Hostile, hostile_server
 
 KEY = "hostile-secret-key-42"
 COMMIT = "c" * 40
@@ -97,17 +98,23 @@ def _client(url: str) -> DominoClient:
     return DominoClient(url, KEY, backoff=0.01, read_timeout=2.0)
 
 
+@contextmanager
+def listed(plan: list[Answer]) -> Iterator[tuple[Hostile, DominoClient, ProjectClient]]:
+    """A client of a hostile server that has listed LISTING (its first answer), then `plan`."""
+    with hostile_server([Answer(200, LISTING), *plan]) as srv, _client(srv.url) as c:
+        pc = c.project("alice/demo")
+        pc.list_files(COMMIT)
+        yield srv, c, pc
+
+
 def test_a_404_on_both_routes_is_not_found_and_changes_nothing() -> None:
     plan = [
-        Answer(200, LISTING),
         Answer(404, {"message": "blob not found"}),
         Answer(200, FOUND),
         Answer(404, {"message": "file not found"}),
         Answer(200, b"0123456789"),
     ]
-    with hostile_server(plan) as srv, _client(srv.url) as c:
-        pc = c.project("alice/demo")
-        pc.list_files(COMMIT)
+    with listed(plan) as (srv, c, pc):
         with pytest.raises(errors.NotFound, match="blob not found"):
             pc.iter_blob("a" * 40)
         assert not c.blob_route_gone
@@ -120,15 +127,12 @@ def test_a_404_on_both_routes_is_not_found_and_changes_nothing() -> None:
 
 def test_a_content_route_that_ignores_range_is_skipped_and_capped_locally() -> None:
     plan = [
-        Answer(200, LISTING),
         Answer(404, {"message": "no such route"}),
         Answer(200, FOUND),
         Answer(200, b"0123456789"),
         Answer(200, b"0123456789"),
     ]
-    with hostile_server(plan) as srv, _client(srv.url) as c:
-        pc = c.project("alice/demo")
-        pc.list_files(COMMIT)
+    with listed(plan) as (srv, _c, pc):
         assert b"".join(pc.iter_blob("a" * 40, offset=2, length=3)) == b"234"
         stream, buf = pc.iter_blob("a" * 40, offset=6, length=100), bytearray(2)
         got = b""
@@ -141,10 +145,7 @@ def test_a_content_route_that_ignores_range_is_skipped_and_capped_locally() -> N
 
 
 def test_a_project_lookup_without_an_id_is_a_server_error() -> None:
-    plan = [Answer(200, LISTING), Answer(404, {"message": "no such route"}), Answer(200, {})]
-    with hostile_server(plan) as srv, _client(srv.url) as c:
-        pc = c.project("alice/demo")
-        pc.list_files(COMMIT)
+    with listed([Answer(404, {"message": "no such route"}), Answer(200, {})]) as (_srv, c, pc):
         with pytest.raises(errors.ServerError, match="no project id"):
             pc.iter_blob("a" * 40)
         assert not c.blob_route_gone
