@@ -164,11 +164,13 @@ def test_hash_mismatch_is_not_cached_and_the_next_read_retries(tmp_path: Path) -
     with pytest.raises(IntegrityError):
         read_all(cache, key, len(data))
     assert not cache.contains(key)
-    assert cache.integrity_failures == 1
+    # One failure, or two when a read came after the first had failed and retried it.
+    failures = cache.integrity_failures
+    assert failures in (1, 2)
     fetch.blobs[key] = data
     assert read_all(cache, key, len(data)) == data
     assert cache.contains(key)
-    assert len(fetch.calls) == 2
+    assert len(fetch.calls) == failures + 1
     cache.close()
 
 
@@ -465,8 +467,13 @@ def test_adopted_file_is_served_at_once_then_moved_in_not_copied(tmp_path: Path)
     assert not staged.exists()
     other = tmp_path / "other"
     other.write_bytes(data)
-    # Already cached: the file is taken and dropped, the cached copy stays.
-    assert cache.adopt(key, other, len(data))
+    # Already cached: the file is taken and dropped, the cached copy stays. (The key leaves the
+    # adoption queue just after its file was renamed in: until then adopt refuses, untouched.)
+    deadline = time.monotonic() + 10
+    while not cache.adopt(key, other, len(data)):
+        assert other.exists()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     deadline = time.monotonic() + 10
     while other.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
