@@ -3,40 +3,41 @@
 Owns: one requests.Session per client (and, on plain http, plainhttp.py's keep-alive connections
 for uploads: a quarter of the CPU per PUT), the (connect, read) timeout on every call, retries
 with jittered backoff for idempotent calls only (never the POST that starts a run), Retry-After,
-and the one mapping from HTTP failures to errors.*. It validates what the server sends (a hostile
-listing is filtered, never trusted). Must not import the FUSE binding or anything above models.
+and which route reads a blob (the v1 blob route, else Domino's content route by path; see
+`ProjectClient.iter_blob`). Beside it, by noun: httperrors.py maps HTTP failures to errors.*,
+wire.py validates what the server sends (a hostile listing is filtered, never trusted),
+blobstream.py reads a streamed body, locations.py remembers where listed keys are.
+Must not import the FUSE binding or anything above models.
 The API key lives only in the session's headers: never in a URL, a message or a log line.
 """
 
 from __future__ import annotations
 
-import email.utils
 import http.client
 import json
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import IO, Any, TypeGuard, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
 import requests
-import urllib3
 from requests.adapters import HTTPAdapter
 
 from . import __version__
+from .blobstream import BlobStream, range_header
 from .config import Settings
 from .errors import (
-    AuthError,
     BadRequest,
-    Conflict,
     DominoError,
-    Forbidden,
     NotFound,
     ServerError,
     Unreachable,
 )
+from .httperrors import map_status, message_of, retry_after, status_error, why
+from .locations import Locations
 from .models import (
     EndpointResult,
     ProjectRef,
@@ -49,16 +50,17 @@ from .models import (
     clean_relpath,
 )
 from .plainhttp import PlainHTTP
+from .wire import BAD_KEY_CHARS, is_run, list_data, parse_commits, parse_listing, parse_run
+
+__all__ = ["BlobStream", "DominoClient", "ProjectClient", "parse_listing", "parse_run"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-_MAX_ERROR_BODY = 64 * 1024
 _MAX_JSON_BODY = 512 * 1024 * 1024
 _MAX_PUT_ANSWER = 1 << 20
-_BAD_KEY_CHARS = frozenset("/\\?#% \0")
 
 
 class DominoClient:
@@ -93,6 +95,9 @@ class DominoClient:
         )
         self._session.trust_env = False  # a proxy from the environment must not see the key
         self._lock = threading.Lock()
+        # Found out at the first blob the v1 route 404s and the content route serves (see
+        # ProjectClient.iter_blob); from then on every read of a located key goes by path.
+        self.blob_route_gone = False
         self._plain: PlainHTTP | None = None
         if self.host.startswith("http://"):
             # Uploads over http.client: a quarter of requests' CPU per PUT (plainhttp.py).
@@ -147,7 +152,7 @@ class DominoClient:
             params["area"] = area
         data = self.get_json("/v1/search", params=params, what=f"search {query!r}")
         hits: list[SearchHit] = []
-        for item in _list_data(data, self.host, "search"):
+        for item in list_data(data, self.host, "search"):
             try:
                 hits.append(
                     SearchHit(
@@ -214,14 +219,14 @@ class DominoClient:
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
                 raise _Retry(
-                    Unreachable(f"cannot reach {self.host} ({what}): {_why(exc)}")
+                    Unreachable(f"cannot reach {self.host} ({what}): {why(exc)}")
                 ) from None
             except requests.RequestException as exc:
-                raise _Retry(ServerError(f"{self.host} ({what}): {_why(exc)}")) from None
+                raise _Retry(ServerError(f"{self.host} ({what}): {why(exc)}")) from None
             if resp.status_code in ok or resp.status_code in passthrough:
                 return resp
-            error = _map_status(resp, self.host, what)
-            delay = _retry_after(resp.headers.get("Retry-After"))
+            error = map_status(resp, self.host, what)
+            delay = retry_after(resp.headers.get("Retry-After"))
             resp.close()
             if resp.status_code not in _RETRY_STATUSES:
                 raise error
@@ -252,18 +257,18 @@ class DominoClient:
                 answer = plain.send("PUT", path, body, headers, max_body=_MAX_PUT_ANSWER)
             except OSError as exc:  # refused, reset, timed out: as requests' ConnectionError
                 raise _Retry(
-                    Unreachable(f"cannot reach {self.host} ({what}): {_why(exc)}")
+                    Unreachable(f"cannot reach {self.host} ({what}): {why(exc)}")
                 ) from None
             except http.client.HTTPException as exc:
-                raise _Retry(ServerError(f"{self.host} ({what}): {_why(exc)}")) from None
+                raise _Retry(ServerError(f"{self.host} ({what}): {why(exc)}")) from None
             if answer.status in (200, 201):
                 if not answer.complete:
                     raise ServerError(f"{self.host} ({what}): answer is too large")
                 return _parse_json(answer.body, self.host, what)
-            error = _status_error(answer.status, _message_of(answer.body), self.host, what)
+            error = status_error(answer.status, message_of(answer.body), self.host, what)
             if answer.status not in _RETRY_STATUSES:
                 raise error
-            raise _Retry(error, _retry_after(answer.headers.get("Retry-After")))
+            raise _Retry(error, retry_after(answer.headers.get("Retry-After")))
 
         return self._retrying(once, idempotent=True)
 
@@ -303,6 +308,9 @@ class ProjectClient:
         self._ref = ref
         self._base = f"/v1/projects/{quote(ref.owner, safe='')}/{quote(ref.name, safe='')}"
         self._model_base = f"/v1/{quote(ref.owner, safe='')}/{quote(ref.name, safe='')}"
+        self._locations = Locations()
+        self._id: str | None = None
+        self._id_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ProjectClient({self.client.host!r}, {str(self._ref)!r})"
@@ -322,10 +330,9 @@ class ProjectClient:
 
     def commits(self) -> list[str]:
         """Commit ids, newest first."""
-        data = self.client.get_json(f"{self._base}/commits", what=self._what("commits"))
-        if not isinstance(data, list) or not all(isinstance(c, str) for c in data):
-            raise ServerError(f"{self.host} ({self._what('commits')}): not a list of commit ids")
-        return list(data)
+        what = self._what("commits")
+        data = self.client.get_json(f"{self._base}/commits", what=what)
+        return parse_commits(data, host=self.host, what=what)
 
     def head_commit(self) -> str:
         """The newest commit id.
@@ -343,31 +350,121 @@ class ProjectClient:
         return self.head_commit()
 
     def list_files(self, commit_id: str, path: str = "") -> list[RemoteFile]:
-        """The files of a commit under `path` (recursive, files only), hostile entries skipped."""
+        """The files of a commit under `path` (recursive, files only), hostile entries skipped.
+
+        The client remembers where each key is (see `learn`)."""
         what = self._what(f"files of {commit_id[:12]}" + (f" under {path}" if path else ""))
         url = f"{self._base}/files/{quote(commit_id, safe='')}/{quote(path.strip('/'))}"
         data = self.client.get_json(url, what=what)
-        return parse_listing(data, host=self.host, what=what)
+        files = parse_listing(data, host=self.host, what=what)
+        self._locations.learn(commit_id, files)
+        return files
 
-    def iter_blob(self, key: str, *, offset: int = 0, chunk_size: int = 1 << 20) -> BlobStream:
-        """Stream a blob from `offset` (a Range request; skipped locally if Range is ignored).
+    def learn(self, commit_id: str, files: Iterable[RemoteFile]) -> None:
+        """Remember where the keys of a listing of `commit_id` can be read by path: what a
+        listing loaded from disk needs, so its files stay readable without the blob route."""
+        self._locations.learn(commit_id, files)
+
+    def iter_blob(
+        self, key: str, *, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20
+    ) -> BlobStream:
+        """Stream a blob from `offset`, at most `length` bytes (None: to its end).
+
+        A Range request (`bytes=offset-` or `bytes=offset-(offset+length-1)`); a server that
+        ignores Range is skipped and capped locally. The v1 blob route is tried first; where it
+        404s and the content route serves the key's file (by path, at a commit a listing named
+        it in), the server is taken to have no blob route, and every later read of a key this
+        client has seen listed goes straight to the content route (no request wasted on the
+        blob route again). A 404 from both is the blob route's NotFound.
 
         Raises:
-            NotFound, Unreachable, ServerError: also while iterating.
+            NotFound, Unreachable, ServerError: also while iterating. ValueError: length < 0.
         """
-        if not key or _BAD_KEY_CHARS.intersection(key):
+        if not key or BAD_KEY_CHARS.intersection(key):
             raise NotFound(f"{self.host} ({self._what()}): {key!r} is not a blob key")
+        if length is not None and length < 0:
+            raise ValueError(f"length must be >= 0, not {length}")
         what = self._what(f"blob {key[:12]}")
-        headers = {"Range": f"bytes={offset}-"} if offset > 0 else None
-        resp = self.client.request(
+        if length == 0:
+            return BlobStream(None, offset=0, chunk_size=chunk_size, host=self.host, what=what)
+        where = self._locations.find(key)
+        if where is not None and self.client.blob_route_gone:
+            return self._content(where, offset, length, chunk_size, what)
+        try:
+            resp = self._get_range(f"{self._base}/blobs/{key}", offset, length, what)
+        except NotFound as exc:
+            if where is None:
+                if self.client.blob_route_gone:
+                    raise NotFound(
+                        f"{exc}; the server has no blob route and no listing this client has "
+                        "seen names this key"
+                    ) from None
+                raise
+            try:
+                stream = self._content(where, offset, length, chunk_size, what)
+            except NotFound:
+                raise exc from None
+            if not self.client.blob_route_gone:
+                self.client.blob_route_gone = True
+                log.warning(
+                    "%s: the v1 blob route answers 404 where the content route serves the file; "
+                    "reading files by path from now on",
+                    self.host,
+                )
+            return stream
+        return BlobStream(
+            resp, offset=offset, chunk_size=chunk_size, host=self.host, what=what, length=length
+        )
+
+    def _content(
+        self, where: tuple[str, str], offset: int, length: int | None, chunk_size: int, what: str
+    ) -> BlobStream:
+        """The file at (commit, path) from the content route (same Range and cap as blobs).
+
+        Raises:
+            NotFound: the server has no content route, or not this file; the rest of request's.
+        """
+        commit, path = where
+        project_id = self._project_id()
+        url = (
+            f"/api/projects/v1/projects/{quote(project_id, safe='')}/files/"
+            f"{quote(commit, safe='')}/{quote(path)}/content"
+        )
+        resp = self._get_range(url, offset, length, f"{what} ({path} at {commit[:12]})")
+        return BlobStream(
+            resp, offset=offset, chunk_size=chunk_size, host=self.host, what=what, length=length
+        )
+
+    def _get_range(self, url: str, offset: int, length: int | None, what: str) -> requests.Response:
+        return self.client.request(
             "GET",
-            f"{self._base}/blobs/{key}",
+            url,
             what=what,
-            headers=headers,
+            headers=range_header(offset, length),
             stream=True,
             passthrough=(416,),
         )
-        return _stream(resp, offset=offset, chunk_size=chunk_size, host=self.host, what=what)
+
+    def _project_id(self) -> str:
+        """The project's id (the content route names projects by id), asked once.
+
+        Raises:
+            NotFound: the server has no such lookup (so no content route); the rest of
+            request's.
+        """
+        with self._id_lock:
+            if self._id is None:
+                what = self._what("project id")
+                data = self.client.get_json(
+                    "/v4/gateway/projects/findProjectByOwnerAndName",
+                    what=what,
+                    params={"ownerName": self._ref.owner, "projectName": self._ref.name},
+                )
+                pid = data.get("id") if isinstance(data, dict) else None
+                if not isinstance(pid, str) or not pid:
+                    raise ServerError(f"{self.host} ({what}): answer has no project id")
+                self._id = pid
+            return self._id
 
     def upload(self, path: str, data: IO[bytes], *, size: int | None = None) -> UploadResult:
         """PUT a file's bytes at `path` (a new commit). Retried: the same bytes are re-sent."""
@@ -413,7 +510,7 @@ class ProjectClient:
 
     def list_runs(self) -> list[Run]:
         data = self.client.get_json(f"{self._base}/runs", what=self._what("runs"))
-        return [parse_run(r) for r in _list_data(data, self.host, "runs") if _is_run(r)]
+        return [parse_run(r) for r in list_data(data, self.host, "runs") if is_run(r)]
 
     def list_runs_raw(self) -> Any:
         return self.client.get_json(f"{self._base}/runs", what=self._what("runs"))
@@ -422,7 +519,7 @@ class ProjectClient:
         data = self.client.get_json(
             f"{self._base}/runs/{quote(run_id, safe='')}", what=self._what(f"run {run_id}")
         )
-        if not _is_run(data):
+        if not is_run(data):
             raise ServerError(f"{self.host} ({self._what(f'run {run_id}')}): not a run object")
         return parse_run(data)
 
@@ -503,101 +600,6 @@ class ProjectClient:
         ).close()
 
 
-# -- parsing what the server sends ---------------------------------------------------------
-
-
-def parse_listing(data: Any, *, host: str, what: str) -> list[RemoteFile]:
-    """Turn a files-list answer into RemoteFiles, skipping every entry that is unsafe.
-
-    Skipped (with one logged error each kind): unsafe paths, non-integer or negative sizes,
-    missing keys, duplicates, and a file whose path is also a folder of other files.
-    """
-    files: dict[str, RemoteFile] = {}
-    skipped: dict[str, int] = {}
-    for item in _list_data(data, host, what):
-        reason = None
-        path = clean_relpath(item.get("path")) if isinstance(item, dict) else None
-        if not isinstance(item, dict):
-            reason = "not an object"
-        elif path is None:
-            reason = "unsafe path"
-        else:
-            size, key, mtime = item.get("size"), item.get("key"), item.get("lastModified", 0)
-            if not _is_int(size) or size < 0 or size > 1 << 50:
-                reason = "bad size"
-            elif not isinstance(key, str) or not key or _BAD_KEY_CHARS.intersection(key):
-                reason = "bad key"
-            elif path in files:
-                reason = "duplicate path"
-            else:
-                files[path] = RemoteFile(
-                    path=path,
-                    size=int(size),
-                    mtime_ms=int(mtime) if _is_int(mtime) and 0 <= mtime < 1 << 53 else 0,
-                    key=key,
-                    url=str(item.get("url") or ""),
-                )
-        if reason:
-            skipped[reason] = skipped.get(reason, 0) + 1
-    # A name cannot be a file and a folder at once: the folder (the deeper paths) wins.
-    folders = {p.rsplit("/", 1)[0] for p in files if "/" in p}
-    folders |= {f.rsplit("/", i)[0] for f in folders for i in range(1, f.count("/") + 1)}
-    for clash in folders & files.keys():
-        del files[clash]
-        skipped["file and folder share a name"] = skipped.get("file and folder share a name", 0) + 1
-    for reason, count in skipped.items():
-        log.error("%s (%s): skipped %d listing entries: %s", host, what, count, reason)
-    return sorted(files.values(), key=lambda f: f.path)
-
-
-def parse_run(data: Any) -> Run:
-    """A Run from one run object of the API.
-
-    Raises:
-        ServerError: not a JSON object with a string `id`.
-    """
-    if not _is_run(data):
-        raise ServerError("the server sent a run that is not an object with a string id")
-
-    def opt_int(name: str) -> int | None:
-        v = data.get(name)
-        return int(v) if _is_int(v) else None
-
-    def opt_str(name: str) -> str | None:
-        v = data.get(name)
-        return v if isinstance(v, str) else None
-
-    return Run(
-        id=str(data["id"]),
-        number=opt_int("number"),
-        status=str(data.get("status") or "Unknown"),
-        title=opt_str("title"),
-        commit_id=opt_str("commitId"),
-        output_commit_id=opt_str("outputCommitId"),
-        queued_ms=opt_int("queued"),
-        started_ms=opt_int("started"),
-        completed_ms=opt_int("completed"),
-        is_completed=bool(data.get("isCompleted")),
-        raw=dict(data),
-    )
-
-
-def _is_run(data: Any) -> bool:
-    return isinstance(data, dict) and isinstance(data.get("id"), str)
-
-
-def _is_int(v: Any) -> TypeGuard[int]:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _list_data(data: Any, host: str, what: str) -> list[Any]:
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        return list(data["data"])
-    if isinstance(data, list):
-        return data
-    raise ServerError(f"{host} ({what}): answer is not a list")
-
-
 def _parse_json(raw: bytes, host: str, what: str) -> Any:
     try:
         return json.loads(raw)
@@ -616,237 +618,3 @@ def _json(resp: requests.Response, host: str, what: str) -> Any:
         raise ServerError(f"{host} ({what}): answer is not JSON") from None
     finally:
         resp.close()
-
-
-def _stream(
-    resp: requests.Response, *, offset: int, chunk_size: int, host: str, what: str
-) -> BlobStream:
-    return BlobStream(resp, offset=offset, chunk_size=chunk_size, host=host, what=what)
-
-
-class BlobStream(Iterator[bytes]):
-    """A blob's bytes from a streamed GET: an iterator of `bytes` chunks, or `readinto`.
-
-    `readinto(buffer)` fills a caller's buffer straight from the socket (no bytes object per
-    chunk; the blob cache uses it); iteration yields chunks of up to `chunk_size`. Use one or the
-    other. Errors are errors.* (Unreachable, ServerError), raised while reading. `close` (also on
-    exhaustion or error) releases the connection. A body whose Range was ignored (200 to a
-    request with an offset) has its first `offset` bytes skipped locally.
-    """
-
-    __slots__ = ("_chunks", "_fp", "_host", "_pending", "_resp", "_skip", "_what", "chunk_size")
-
-    def __init__(
-        self, resp: requests.Response, *, offset: int, chunk_size: int, host: str, what: str
-    ) -> None:
-        self._resp: requests.Response | None = resp
-        self.chunk_size = chunk_size
-        self._host = host
-        self._what = what
-        self._chunks: Iterator[bytes] | None = None
-        self._skip = offset if (offset > 0 and resp.status_code == 200) else 0
-        self._fp: Any = None
-        self._pending = b""
-        if resp.status_code == 416:
-            self.close()  # asked for bytes at or past the end: there are none
-        elif _identity(resp) and resp.headers.get("Content-Length") is not None:
-            # http.client's response under urllib3's: its readinto is a recv_into the caller's
-            # buffer (urllib3's own readinto reads a bytes object and copies it).
-            fp = getattr(resp.raw, "_fp", None)
-            if fp is not None and getattr(fp, "length", None) is not None:
-                self._fp = fp
-
-    def __iter__(self) -> BlobStream:
-        return self
-
-    def __next__(self) -> bytes:
-        if self._resp is None:
-            raise StopIteration
-        if self._chunks is None:
-            self._chunks = _body_chunks(self._resp, self.chunk_size)
-        try:
-            while True:
-                chunk = next(self._chunks)
-                if self._skip:
-                    if len(chunk) <= self._skip:
-                        self._skip -= len(chunk)
-                        continue
-                    chunk, self._skip = chunk[self._skip :], 0
-                return chunk
-        except StopIteration:
-            self.close()
-            raise
-        except BaseException as exc:
-            self.close()
-            raise self._mapped(exc) from None
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        """Fill up to len(buffer) bytes; 0 at the end of the blob. Raises errors.*."""
-        resp = self._resp
-        if resp is None or not len(buffer):
-            return 0
-        if self._fp is None:
-            return self._readinto_chunks(buffer)
-        try:
-            while self._skip:
-                view = memoryview(buffer)[: min(len(buffer), self._skip)]
-                n = self._recv(view)
-                self._skip -= n
-            n = self._recv(buffer)
-        except BaseException as exc:
-            self.close()
-            raise self._mapped(exc) from None
-        if n == 0:
-            self._release()
-        return n
-
-    def _release(self) -> None:
-        """The body was read to its end: the connection goes back to the pool for the next
-        request (closing would cost a new connection per cold blob)."""
-        resp, fp = self._resp, self._fp
-        if resp is not None and fp is not None and fp.length == 0 and fp.fp is None:
-            self._resp = self._fp = None
-            try:
-                resp.raw.release_conn()
-            except Exception:
-                resp.close()
-            return
-        self.close()
-
-    def _recv(self, buffer: bytearray | memoryview) -> int:
-        fp = self._fp
-        remaining = fp.length
-        n = fp.readinto(buffer)
-        if not n and remaining:
-            raise urllib3.exceptions.ProtocolError(
-                f"Connection broken: IncompleteRead({remaining} bytes missing)"
-            )
-        return int(n)
-
-    def _readinto_chunks(self, buffer: bytearray | memoryview) -> int:
-        # A chunked or encoded body: copy from the iterator, keeping what does not fit.
-        chunk = self._pending or next(self, b"")
-        n = min(len(chunk), len(buffer))
-        buffer[:n] = chunk[:n]
-        self._pending = chunk[n:]
-        return n
-
-    def close(self) -> None:
-        resp, self._resp = self._resp, None
-        self._fp = None
-        if resp is not None:
-            resp.close()
-
-    def _mapped(self, exc: BaseException) -> BaseException:
-        host, what = self._host, self._what
-        if isinstance(exc, DominoError):
-            return exc
-        if isinstance(
-            exc,
-            (
-                requests.ConnectionError,
-                requests.Timeout,
-                urllib3.exceptions.TimeoutError,
-                TimeoutError,
-            ),
-        ):
-            return Unreachable(f"cannot read from {host} ({what}): {_why(exc)}")
-        if isinstance(
-            exc,
-            (
-                requests.RequestException,
-                urllib3.exceptions.HTTPError,
-                OSError,
-                http.client.HTTPException,
-            ),
-        ):
-            return ServerError(f"{host} ({what}): download broke off: {_why(exc)}")
-        return exc
-
-
-def _identity(resp: requests.Response) -> bool:
-    return resp.headers.get("Content-Encoding", "identity").lower() == "identity"
-
-
-def _body_chunks(resp: requests.Response, chunk_size: int) -> Iterator[bytes]:
-    """The body in chunks of up to `chunk_size` bytes.
-
-    An unencoded body is read straight from urllib3 (`raw.read`): iter_content's generator and
-    decoder layers cost a Python round trip per chunk on the hot path of every cold read.
-    urllib3 errors (ProtocolError for a broken or short body, ReadTimeoutError) propagate.
-    """
-    raw = resp.raw
-    if not _identity(resp) or raw is None:
-        yield from resp.iter_content(chunk_size)
-        return
-    read = raw.read
-    while chunk := read(chunk_size, decode_content=False):
-        yield chunk
-
-
-_STATUS_ERRORS: dict[int, Callable[[str], DominoError]] = {
-    400: BadRequest,
-    401: AuthError,
-    403: Forbidden,
-    404: NotFound,
-    409: Conflict,
-}
-
-_STATUS_HINTS = {
-    401: "the API key was refused; check DOMINO_USER_API_KEY or run dominofs login",
-    403: "this key's user has no access",
-    404: "not found",
-}
-
-
-def _map_status(resp: requests.Response, host: str, what: str) -> DominoError:
-    return _status_error(resp.status_code, _server_message(resp), host, what)
-
-
-def _status_error(status: int, message: str, host: str, what: str) -> DominoError:
-    hint = _STATUS_HINTS.get(status, f"server answered {status}")
-    text = f"{host} ({what}): {hint}" + (f": {message}" if message else "")
-    factory = _STATUS_ERRORS.get(status)
-    if factory is not None:
-        return factory(text)
-    if status == 429 or status >= 500:
-        return ServerError(text)
-    return ServerError(text)
-
-
-def _server_message(resp: requests.Response) -> str:
-    try:
-        if getattr(resp, "_content_consumed", False):
-            raw = (resp.content or b"")[:_MAX_ERROR_BODY]
-        else:  # a streamed answer: read only so much of a possibly huge error body
-            raw = resp.raw.read(_MAX_ERROR_BODY, decode_content=True) if resp.raw else b""
-    except Exception:  # a broken error body must not hide the status it came with
-        raw = b""
-    return _message_of(raw)
-
-
-def _message_of(raw: bytes) -> str:
-    """The `message` of a JSON error body ('' when there is none)."""
-    try:
-        data = json.loads(raw[:_MAX_ERROR_BODY])
-    except ValueError:
-        return ""
-    msg = data.get("message") if isinstance(data, dict) else None
-    return str(msg)[:300] if msg else ""
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (a number or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
-
-
-def _why(exc: BaseException) -> str:
-    # requests' messages embed the URL and urllib3 internals; keep the last, human part.
-    text = str(exc).split("(Caused by ")[-1].rstrip(")")
-    return text.split(": ")[-1][:200] if text else type(exc).__name__

@@ -8,7 +8,7 @@ Must not import requests, diskcache or the FUSE binding.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
@@ -151,8 +151,16 @@ class Remote(Protocol):
         """The files of a commit under `path` (recursive, files only)."""
         ...
 
-    def iter_blob(self, key: str, *, offset: int = 0, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        """Stream a blob's bytes from `offset`; never holds the blob in memory."""
+    def learn(self, commit_id: str, files: Iterable[RemoteFile]) -> None:
+        """Be told a listing of `commit_id` that was not fetched here (one loaded from disk), so
+        its files can be read where the server reads files by path only."""
+        ...
+
+    def iter_blob(
+        self, key: str, *, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20
+    ) -> Iterator[bytes]:
+        """Stream a blob's bytes from `offset` (at most `length` of them); never holds the blob
+        in memory. The key must be in a listing this Remote fetched or was told (`learn`)."""
         ...
 
     def upload(self, path: str, data: BinaryIO, *, size: int | None = None) -> UploadResult:

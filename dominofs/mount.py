@@ -286,6 +286,7 @@ def initial_tree(remote: Remote, options: MountOptions) -> tuple[Tree, bool]:
         commit = options.commit or head
         saved = Tree.load(options.listing_path)
         if saved is not None and saved.commit_id == commit:
+            remote.learn(saved.commit_id, saved.files.values())  # it was never listed here
             return saved, True
         return Tree(commit, remote.list_files(commit)), True
     except Unreachable as exc:
@@ -293,6 +294,7 @@ def initial_tree(remote: Remote, options: MountOptions) -> tuple[Tree, bool]:
         if saved is None:
             raise Unreachable(f"{exc}; and no listing of {remote.project} is saved here") from None
         log.warning("%s; mounting the saved listing of commit %s", exc, saved.commit_id[:12])
+        remote.learn(saved.commit_id, saved.files.values())
         return saved, False
 
 

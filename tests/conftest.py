@@ -20,6 +20,11 @@ import requests
 ALICE_KEY = "alice-test-key-0123456789"
 BOB_KEY = "bob-test-key-9876543210"
 
+# How a server serves file bytes: the v1 blob route, or (as a deployment that has dropped it)
+# only the content route by path. A test runs against both with `@BOTH_ROUTES`.
+SERVER_KINDS = {"blobs": [], "content": ["--no-v1-blobs"]}
+BOTH_ROUTES = pytest.mark.parametrize("server", list(SERVER_KINDS), indirect=True)
+
 
 def write_users_file(path: Path, users: dict[str, str]) -> Path:
     """Write NAME:KEY lines to path with mode 0600 from the first byte; keys never go in argv."""
@@ -115,6 +120,11 @@ class LocalServer:
         data: dict[str, object] = r.json()
         return data
 
+    @property
+    def read_route(self) -> str:
+        """The /_stats name of the route that serves file bytes on this server."""
+        return "GET content" if "--no-v1-blobs" in self.extra_args else "GET blobs"
+
     def requests_count(self, name: str) -> int:
         counts = self.stats()["requests"]
         assert isinstance(counts, dict)
@@ -135,9 +145,12 @@ def _readline_with_timeout(proc: subprocess.Popen[str], timeout: float) -> str:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[LocalServer]:
-    """A fresh local server with users alice and bob and the project alice/demo."""
-    srv = LocalServer(tmp_path / "server-data")
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalServer]:
+    """A fresh local server with users alice and bob and the project alice/demo; a SERVER_KINDS
+    name as the indirect parameter picks how it serves file bytes (default: "blobs")."""
+    srv = LocalServer(
+        tmp_path / "server-data", list(SERVER_KINDS[getattr(request, "param", "blobs")])
+    )
     srv.start()
     try:
         yield srv

@@ -51,6 +51,12 @@ from ..errors import UsageError
 )
 @click.option("--no-delete", is_flag=True, help="Answer DELETE with 405, like the real v1 API.")
 @click.option(
+    "--no-v1-blobs",
+    is_flag=True,
+    help="Answer the deprecated v1 blob route with 404, like a deployment that has dropped it "
+    "(files are then read by path through the content route).",
+)
+@click.option(
     "--run-time-limit",
     default=3600.0,
     show_default=True,
@@ -66,6 +72,7 @@ def serve(
     users_files: tuple[Path, ...],
     projects: tuple[str, ...],
     no_delete: bool,
+    no_v1_blobs: bool,
     run_time_limit: float,
     faults: str | None,
 ) -> None:
@@ -85,6 +92,7 @@ def serve(
             users=pairs,
             projects=list(projects),
             no_delete=no_delete,
+            no_v1_blobs=no_v1_blobs,
             run_time_limit=run_time_limit,
             faults=faults,
         )

@@ -39,6 +39,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--project", action="append", default=[], metavar="OWNER/NAME")
     parser.add_argument("--no-delete", action="store_true", help="refuse DELETE of files")
+    parser.add_argument(
+        "--no-v1-blobs",
+        action="store_true",
+        help="answer the deprecated v1 blob route with 404, as a deployment without it",
+    )
     parser.add_argument("--run-time-limit", type=float, default=3600.0, metavar="SECONDS")
     parser.add_argument("--faults", default=None, help="fault injection spec (reserved)")
     return parser.parse_args(argv)
@@ -56,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             users=users,
             projects=args.project,
             no_delete=args.no_delete,
+            no_v1_blobs=args.no_v1_blobs,
             run_time_limit=args.run_time_limit,
             faults=args.faults,
         )

@@ -129,6 +129,12 @@ async def read_json(request: web.Request, stats: Stats) -> Any:
         raise ApiError(400, "the request body is not valid JSON") from None
 
 
+def no_such_route(request: web.Request) -> ApiError:
+    """What a route this server does not have answers (also the blob route under --no-v1-blobs,
+    so a client cannot tell it from a deployment without it)."""
+    return ApiError(404, f"no such route: {request.method} {request.path}")
+
+
 def base_url(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
 
@@ -139,11 +145,20 @@ Handler = Callable[..., Awaitable[web.StreamResponse]]
 class Server:
     """The handlers and what they share: store, runner, endpoints, counters, options."""
 
-    def __init__(self, store: Store, runner: Runner, endpoints: Endpoints, *, no_delete: bool):
+    def __init__(
+        self,
+        store: Store,
+        runner: Runner,
+        endpoints: Endpoints,
+        *,
+        no_delete: bool,
+        no_v1_blobs: bool = False,
+    ):
         self.store = store
         self.runner = runner
         self.endpoints = endpoints
         self.no_delete = no_delete
+        self.no_v1_blobs = no_v1_blobs
         self.stats = Stats()
         self._listings: OrderedDict[tuple[str, ...], bytes] = OrderedDict()
 
@@ -179,7 +194,7 @@ class Server:
         ):
             handlers: dict[str, Handler] = {"GET": self.content}
             return await self._call(request, method, "content", handlers, segs[4], segs[6:-1])
-        raise ApiError(404, f"no such route: {request.method} {request.path}")
+        raise no_such_route(request)
 
     async def _call(
         self,
@@ -217,6 +232,8 @@ class Server:
                 request, method, "files", {"GET": self.files}, owner, name, commit, rest[2:]
             )
         if head == "blobs" and len(rest) == 2:
+            if self.no_v1_blobs:  # as a deployment that has dropped the deprecated route
+                return await self._call(request, method, "blobs", {"GET": self.gone})
             return await self._with_project(
                 request, method, "blobs", {"GET": self.blobs}, owner, name, rest[1]
             )
@@ -245,7 +262,7 @@ class Server:
         elif rest == ["publishRelease"]:
             handlers = {"POST": self.endpoint_publish}
         else:
-            raise ApiError(404, f"no such route: {request.method} {request.path}")
+            raise no_such_route(request)
         return await self._with_project(request, method, "endpoint", handlers, owner, name)
 
     async def _with_project(
@@ -368,6 +385,9 @@ class Server:
         ]
         doc = {"objectType": "list", "uri": uri, "data": data}
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    async def gone(self, request: web.Request) -> web.StreamResponse:
+        raise no_such_route(request)
 
     async def blobs(self, request: web.Request, project: Project, key: str) -> web.StreamResponse:
         if key not in project.keys or not self.store.blobs.exists(key):
@@ -613,6 +633,7 @@ def make_app(
     store: Store,
     *,
     no_delete: bool = False,
+    no_v1_blobs: bool = False,
     run_time_limit: float = 3600.0,
     faults: str | None = None,
 ) -> web.Application:
@@ -623,7 +644,7 @@ def make_app(
     """
     runner = Runner(store, time_limit=run_time_limit)
     endpoints = Endpoints(store)
-    server = Server(store, runner, endpoints, no_delete=no_delete)
+    server = Server(store, runner, endpoints, no_delete=no_delete, no_v1_blobs=no_v1_blobs)
     app = web.Application(
         middlewares=[json_errors, fault_middleware], client_max_size=MAX_JSON_BODY
     )

@@ -33,10 +33,14 @@ def serve(
     users: Sequence[tuple[str, str]] = (),
     projects: Sequence[str] = (),
     no_delete: bool = False,
+    no_v1_blobs: bool = False,
     run_time_limit: float = 3600.0,
     faults: str | None = None,
 ) -> None:
     """Run the local Domino server until SIGTERM or SIGINT; blocks.
+
+    `no_v1_blobs`: GET /v1/projects/{u}/{p}/blobs/{key} answers 404 as an unknown route does,
+    like a deployment that has dropped it (files are read by path through the content route).
 
     `faults` is a fault-injection spec (grammar in faults.py), changeable at run time through
     /_faults. Raises ValueError for a bad user, project (e.g. an owner that is not a user) or
@@ -49,7 +53,15 @@ def serve(
     for full_name in projects:
         store.add_project(full_name)
     asyncio.run(
-        _serve(store, bind, port, no_delete=no_delete, run_time_limit=run_time_limit, faults=faults)
+        _serve(
+            store,
+            bind,
+            port,
+            no_delete=no_delete,
+            no_v1_blobs=no_v1_blobs,
+            run_time_limit=run_time_limit,
+            faults=faults,
+        )
     )
 
 
@@ -63,10 +75,17 @@ async def _serve(
     port: int,
     *,
     no_delete: bool,
+    no_v1_blobs: bool,
     run_time_limit: float,
     faults: str | None = None,
 ) -> None:
-    app = make_app(store, no_delete=no_delete, run_time_limit=run_time_limit, faults=faults)
+    app = make_app(
+        store,
+        no_delete=no_delete,
+        no_v1_blobs=no_v1_blobs,
+        run_time_limit=run_time_limit,
+        faults=faults,
+    )
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT
     )

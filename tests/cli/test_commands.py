@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from dominofs.api import DominoClient
 from dominofs.cli import cli
 
 from ..conftest import ALICE_KEY, LocalServer
@@ -60,6 +62,21 @@ def test_put_ls_get_roundtrip(server: LocalServer, tmp_path: Path) -> None:
     assert (out / "sub dir" / "b.txt").read_bytes() == (src / "sub dir" / "b.txt").read_bytes()
     ok(server.url, "get", "alice/demo", "a.csv", str(tmp_path))
     assert (tmp_path / "a.csv").read_text() == "x,y\n1,2\n"
+
+
+def test_get_a_folder_without_the_blob_route(make_server: object, tmp_path: Path) -> None:
+    srv: LocalServer = make_server("--no-v1-blobs")  # type: ignore[operator]
+    files = {"data/a.csv": b"x,y\n1,2\n", "data/sub dir/b.bin": os.urandom(300_000)}
+    with DominoClient(srv.url, ALICE_KEY) as client:
+        for path, data in files.items():
+            client.project("alice/demo").upload(path, io.BytesIO(data), size=len(data))
+    srv.reset_stats()
+    ok(srv.url, "get", "alice/demo", "data", str(tmp_path / "out"))
+    for path, data in files.items():
+        assert (tmp_path / "out" / path.removeprefix("data/")).read_bytes() == data
+    # The first file finds the blob route gone; every file then comes by path, once.
+    assert srv.requests_count("GET blobs") == 1
+    assert srv.requests_count("GET content") == 2
 
 
 @pytest.mark.slow

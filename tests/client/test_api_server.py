@@ -14,7 +14,7 @@ from dominofs import errors
 from dominofs.api import DominoClient
 from dominofs.models import RunRequest
 
-from ..conftest import ALICE_KEY, BOB_KEY, LocalServer
+from ..conftest import ALICE_KEY, BOB_KEY, BOTH_ROUTES, LocalServer
 
 
 @pytest.fixture
@@ -34,6 +34,7 @@ def test_new_project_has_readme_and_dominoignore(alice: DominoClient) -> None:
     assert b"ignore certain files" in b"".join(pc.iter_blob(ignore.key))
 
 
+@BOTH_ROUTES
 def test_upload_list_download_roundtrip(alice: DominoClient) -> None:
     pc = alice.project("alice/demo")
     data = os.urandom(3 * 1024 * 1024 + 17)
@@ -50,22 +51,41 @@ def test_upload_list_download_roundtrip(alice: DominoClient) -> None:
     assert b"".join(chunks) == data
     assert b"".join(pc.iter_blob(f.key, offset=len(data) - 100)) == data[-100:]
     assert b"".join(pc.iter_blob(f.key, offset=len(data))) == b""
+    assert b"".join(pc.iter_blob(f.key, offset=5, length=10, chunk_size=4)) == data[5:15]
+    assert b"".join(pc.iter_blob(f.key, offset=len(data) - 3, length=10)) == data[-3:]
+    assert b"".join(pc.iter_blob(f.key, length=0)) == b""
+    with pytest.raises(ValueError, match="length"):
+        pc.iter_blob(f.key, length=-1)
     stream, buf, got = pc.iter_blob(f.key, offset=10), bytearray(1 << 16), bytearray()
     while n := stream.readinto(buf):
         got += buf[:n]
     assert got == data[10:]
     assert pc.iter_blob(f.key, offset=len(data)).readinto(buf) == 0
+    stream, got = pc.iter_blob(f.key, offset=7, length=100_000), bytearray()
+    while n := stream.readinto(buf):
+        got += buf[:n]
+    assert got == data[7:100_007]
 
 
+@BOTH_ROUTES
 def test_range_requests_are_served_as_ranges(server: LocalServer, alice: DominoClient) -> None:
     pc = alice.project("alice/demo")
     data = os.urandom(1 << 20)
     key = pc.upload("r.bin", io.BytesIO(data), size=len(data)).key
+    pc.list_files(pc.head_commit())
+    b"".join(pc.iter_blob(key, length=1))  # where the blob route is gone, it is found out here
     server.reset_stats()
     assert b"".join(pc.iter_blob(key, offset=1000)) == data[1000:]
     sent = server.stats()["bytes_sent"]
     assert isinstance(sent, int)
     assert sent < len(data)  # the server sent only the range
+    server.reset_stats()
+    assert b"".join(pc.iter_blob(key, offset=1000, length=4096)) == data[1000:5096]
+    sent = server.stats()["bytes_sent"]
+    assert isinstance(sent, int)
+    assert 4096 <= sent < 5000  # bytes=1000-5095 (and the reset's answer), not the whole rest
+    assert server.requests_count(server.read_route) == 1
+    assert server.requests_count("GET blobs" if "content" in server.read_route else "GET v4") == 0
 
 
 def test_delete_and_no_delete(server: LocalServer, make_server: object) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ALICE_KEY
+from tests.conftest import ALICE_KEY, BOTH_ROUTES
 from tests.mount.conftest import Env, answers, wait_for
 
 pytestmark = [pytest.mark.fuse, pytest.mark.timeout(60)]
@@ -119,9 +119,11 @@ def test_server_down_cached_reads_work_uncached_fail_then_recover(fenv: Env) -> 
     assert wait_for(lambda: (m.path / "cold.txt").read_bytes() == b"cold bytes", what="recover")
 
 
+@BOTH_ROUTES
 def test_offline_start_from_the_saved_listing(fenv: Env) -> None:
     fenv.put("offline.txt", b"kept")
     fenv.put("never-read.txt", b"cold")
+    fenv.put("later.txt", b"read at the next mount")
     m = fenv.mount()
     assert (m.path / "offline.txt").read_bytes() == b"kept"
     fenv.unmount(m)
@@ -131,6 +133,7 @@ def test_offline_start_from_the_saved_listing(fenv: Env) -> None:
         m2 = fenv.mount(name="mnt2")
         assert sorted(n for n in os.listdir(m2.path) if not n.startswith(".")) == [
             "README.md",
+            "later.txt",
             "never-read.txt",
             "offline.txt",
         ]
@@ -140,6 +143,15 @@ def test_offline_start_from_the_saved_listing(fenv: Env) -> None:
         assert info.value.errno == errno.EIO
     finally:
         fenv.server.start(port=port)
+    # The server is back: a file of the saved listing, never listed by this mount, is read
+    # (where the blob route is gone, by its path in that listing).
+    assert wait_for(lambda: (m2.path / "never-read.txt").read_bytes() == b"cold", what="cold")
+    # A mount started with the server up and the head unchanged also mounts the saved listing.
+    fenv.unmount(m2)
+    fenv.server.reset_stats()
+    m3 = fenv.mount(name="mnt3")
+    assert fenv.server.requests_count("GET files") == 0
+    assert (m3.path / "later.txt").read_bytes() == b"read at the next mount"
 
 
 def test_unreachable_with_nothing_saved_fails(fenv: Env) -> None:

@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+from tests.conftest import BOTH_ROUTES
 from tests.mount.conftest import Env, wait_for
 
 pytestmark = [pytest.mark.fuse, pytest.mark.timeout(60)]
@@ -73,11 +74,14 @@ def test_first_bytes_before_the_whole_file(fenv: Env) -> None:
     assert sha1_of(str(m.path / "big.bin")) == hashlib.sha1(big).hexdigest()
 
 
+@BOTH_ROUTES
 def test_eight_cold_readers_make_one_blob_request(fenv: Env) -> None:
     data = os.urandom(MiB) * 16
     fenv.put("shared.bin", data)
     m = fenv.mount()
     os.stat(m.path / "shared.bin")
+    # Where the blob route is gone, the mount has found that out by this first read at the latest.
+    assert (m.path / "README.md").read_bytes().startswith(b"# demo")
     fenv.server.reset_stats()
     barrier = threading.Barrier(8)
     digests: list[str] = []
@@ -92,7 +96,14 @@ def test_eight_cold_readers_make_one_blob_request(fenv: Env) -> None:
     for t in threads:
         t.join(40)
     assert digests == [hashlib.sha1(data).hexdigest()] * 8
-    assert fenv.server.requests_count("GET blobs") == 1
+    counts = fenv.server.stats()["requests"]
+    assert isinstance(counts, dict)
+    # One download, and no request spent on a route the server does not have.
+    assert counts.get(fenv.server.read_route) == 1
+    assert counts.get("GET blobs", 0) + counts.get("GET content", 0) == 1
+    fenv.server.reset_stats()
+    assert sha1_of(str(m.path / "shared.bin")) == hashlib.sha1(data).hexdigest()  # warm
+    assert fenv.server.requests_count(fenv.server.read_route) == 0
 
 
 def test_metadata_makes_no_requests(fenv: Env) -> None:

@@ -8,7 +8,7 @@ import http.client
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -282,6 +282,29 @@ def test_v4_lookup_and_content_route(alice: requests.Session, srv: Srv) -> None:
     commit = alice.get(f"{srv.project_url()}/commits").json()[0]
     url = f"{srv.url}/api/projects/v1/projects/{found['id']}/files/{commit}//v4/data.txt/content"
     assert alice.get(url).content == b"via v4"
+
+
+def test_no_v1_blobs_drops_the_blob_route_only(start_server: Callable[..., Srv]) -> None:
+    srv = start_server("--no-v1-blobs")
+    with srv.session() as alice:
+        data = bytes(range(256)) * 40
+        put = alice.put(f"{srv.project_url()}/d/f.bin", data=data).json()
+        commit = alice.get(f"{srv.project_url()}/commits").json()[0]
+        assert head_files(alice, srv)["d/f.bin"]["key"] == put["key"]
+        srv.reset_stats()
+        gone = alice.get(f"{srv.project_url()}/blobs/{put['key']}")
+        # Just as a route the server never had: nothing tells it from a deployment without it.
+        assert assert_json_error(gone, 404) == f"no such route: GET {urlsplit(gone.url).path}"
+        pid = alice.get(
+            f"{srv.url}/v4/gateway/projects/findProjectByOwnerAndName",
+            params={"ownerName": "alice", "projectName": "demo"},
+        ).json()["id"]
+        url = f"{srv.url}/api/projects/v1/projects/{pid}/files/{commit}/d/f.bin/content"
+        assert alice.get(url).content == data
+        part = alice.get(url, headers={"Range": "bytes=100-199"})
+        assert (part.status_code, part.content) == (206, data[100:200])
+        counts = srv.stats()["requests"]
+        assert counts == {"GET blobs": 1, "GET v4": 1, "GET content": 2, "POST stats": 1}
 
 
 def test_search_areas(srv: Srv) -> None:

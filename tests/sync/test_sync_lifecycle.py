@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dominofs.api import ProjectClient
-from tests.conftest import LocalServer
+from tests.conftest import BOTH_ROUTES, LocalServer
 from tests.sync.conftest import FAST, SyncProc, remote_bytes, remote_files, run_cli, wait_for
 
 
@@ -109,6 +109,7 @@ def test_server_down_queues_then_lands_and_sigterm_keeps_queue(
 
 
 @pytest.mark.slow
+@BOTH_ROUTES
 def test_pull_into_empty_dir_then_once_is_in_step(
     make_sync: Callable[..., SyncProc], server: LocalServer, remote: ProjectClient, tmp_path: Path
 ) -> None:
@@ -117,15 +118,17 @@ def test_pull_into_empty_dir_then_once_is_in_step(
     remote.upload("data/x.csv", io.BytesIO(b"1,2\n"), size=4)
     sp = make_sync(tmp_path / "new" / "dir")
     sp.root.rmdir()
+    server.reset_stats()
     code, err = once(sp, "--pull")
     assert code == 0, err
     assert (sp.root / "data" / "x.csv").read_bytes() == b"1,2\n"
     assert (sp.root / "README.md").exists()
+    assert server.requests_count(server.read_route) == 3  # README, .dominoignore, x.csv
     server.reset_stats()
     code, err = once(sp)
     assert code == 0, err
     assert server.requests_count("PUT upload") == 0
-    assert server.requests_count("GET blobs") == 0
+    assert server.requests_count(server.read_route) == 0
     code, err = once(sp, "--pull")  # --pull refuses a folder that is not empty
     assert code == 2
     assert "empty" in err
