@@ -36,7 +36,7 @@ from .errors import (
     ServerError,
     Unreachable,
 )
-from .httperrors import map_status, message_of, retry_after, status_error, why
+from .httperrors import MAX_ERROR_BODY, map_status, message_of, retry_after, status_error, why
 from .locations import Locations
 from .models import (
     EndpointResult,
@@ -272,6 +272,51 @@ class DominoClient:
 
         return self._retrying(once, idempotent=True)
 
+    def get_stream(
+        self,
+        path: str,
+        *,
+        what: str,
+        headers: Mapping[str, str] | None = None,
+        passthrough: tuple[int, ...] = (),
+    ) -> Any:
+        """A streamed GET (a blob): over plain http on the thread's keep-alive connection,
+        else through requests. Retried like `request`; the answer has requests' Response
+        shape (status_code, headers, raw), which BlobStream reads.
+
+        Raises:
+            DominoError: the mapped failure.
+        """
+        plain = self._plain
+        if plain is None:
+            return self.request(
+                "GET", path, what=what, headers=headers, stream=True, passthrough=passthrough
+            )
+
+        def once() -> Any:
+            try:
+                resp = plain.open(path, headers or {})
+            except OSError as exc:  # refused, reset, timed out: as requests' ConnectionError
+                raise _Retry(
+                    Unreachable(f"cannot reach {self.host} ({what}): {why(exc)}")
+                ) from None
+            except http.client.HTTPException as exc:
+                raise _Retry(ServerError(f"{self.host} ({what}): {why(exc)}")) from None
+            status = resp.status_code
+            if status in (200, 206) or status in passthrough:
+                return resp
+            try:
+                body = resp.read(MAX_ERROR_BODY)
+            except (OSError, http.client.HTTPException):
+                body = b""
+            resp.close()
+            error = status_error(status, message_of(body), self.host, what)
+            if status not in _RETRY_STATUSES:
+                raise error
+            raise _Retry(error, retry_after(resp.headers.get("Retry-After")))
+
+        return self._retrying(once, idempotent=True)
+
     def _retrying(self, once: Callable[[], T], *, idempotent: bool) -> T:
         """Call `once` until it returns; it raises _Retry for a failure another try may fix,
         anything else for one it cannot. Idempotent calls only are tried again."""
@@ -435,14 +480,9 @@ class ProjectClient:
             resp, offset=offset, chunk_size=chunk_size, host=self.host, what=what, length=length
         )
 
-    def _get_range(self, url: str, offset: int, length: int | None, what: str) -> requests.Response:
-        return self.client.request(
-            "GET",
-            url,
-            what=what,
-            headers=range_header(offset, length),
-            stream=True,
-            passthrough=(416,),
+    def _get_range(self, url: str, offset: int, length: int | None, what: str) -> Any:
+        return self.client.get_stream(
+            url, what=what, headers=range_header(offset, length), passthrough=(416,)
         )
 
     def _project_id(self) -> str:

@@ -1,13 +1,16 @@
-"""Uploads over plain http.client connections, one kept alive per thread (used by api.py only).
+"""Uploads and blob downloads over plain http.client connections, one kept alive per thread
+(used by api.py only).
 
 Owns: sending one request with a file body over a keep-alive connection of the calling thread,
-noticing a connection the server closed while it sat idle, and reading the (small) answer.
-Must not retry, map statuses to errors or log: api.py does that, in one place for all calls.
+noticing a connection the server closed while it sat idle, and reading the (small) answer; and
+a streamed GET whose body the caller reads (a blob), the connection going back to its thread
+once the body was read to its end. Must not retry, map statuses to errors or log: api.py does
+that, in one place for all calls.
 
-Why not requests: a burst of uploads (`cp -r` into the mount, a sync of many new files) is
-CPU-bound in the uploader threads, and requests spends about 1.3 ms of CPU per PUT where
-http.client spends 0.3 ms (500 PUTs of 10 KiB measured here). Only plain http takes this path;
-https stays with requests and its certificate handling.
+Why not requests: a burst of uploads (`cp -r` into the mount, a sync of many new files) or of
+small cold reads is CPU-bound, and requests spends about 1.3 ms of CPU per PUT where http.client
+spends 0.3 ms (500 PUTs of 10 KiB measured here); a GET is alike. Only plain http takes this
+path; https stays with requests and its certificate handling.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import http.client
 import select
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO
 from urllib.parse import urlsplit
@@ -88,6 +91,43 @@ class PlainHTTP:
             self._drop(conn)
         return Answer(resp.status, resp.msg, data[:max_body], complete)
 
+    def open(self, path: str, headers: Mapping[str, str]) -> PlainResponse:
+        """A GET whose body the caller reads as it streams in (its `close` or `release_conn`
+        ends it). The thread's connection serves it; a second stream opened by the same thread
+        meanwhile gets a connection of its own.
+
+        Raises:
+            OSError, http.client.HTTPException: as `send`.
+        """
+        shared = not getattr(self._local, "busy", False)
+        conn = self._connection() if shared else self._new_connection()
+        if shared:
+            self._local.busy = True
+        try:
+            conn.request("GET", self._prefix + path, headers={**self._headers, **headers})
+            resp = conn.getresponse()
+        except BaseException:
+            self._finish(conn, shared, reuse=False)
+            raise
+        return PlainResponse(resp, lambda reuse: self._finish(conn, shared, reuse=reuse))
+
+    def _finish(self, conn: http.client.HTTPConnection, shared: bool, *, reuse: bool) -> None:
+        if shared:
+            self._local.busy = False
+            if not reuse:
+                self._drop(conn)
+        else:
+            conn.close()
+
+    def _new_connection(self) -> http.client.HTTPConnection:
+        conn = http.client.HTTPConnection(
+            self._hostname, self._port, timeout=self._connect_timeout, blocksize=_BLOCK
+        )
+        conn.connect()
+        assert conn.sock is not None
+        conn.sock.settimeout(self._read_timeout)
+        return conn
+
     def close(self) -> None:
         with self._lock:
             conns, self._all = self._all, []
@@ -133,3 +173,48 @@ def _dropped(sock: socket.socket) -> bool:
     except (OSError, ValueError):
         return True
     return bool(readable)
+
+
+class PlainResponse:
+    """What BlobStream reads of a requests.Response, over an http.client answer: the status,
+    the headers, the body (`raw.read`, or `raw._fp.readinto` straight into a buffer), and the
+    end of it (`release_conn` after the last byte: the connection is kept; `close`: dropped
+    unless the body was read to its end)."""
+
+    __slots__ = ("_done", "_fp", "headers", "status_code")
+
+    def __init__(self, resp: http.client.HTTPResponse, done: Callable[[bool], None]) -> None:
+        self._fp = resp
+        self.status_code = resp.status
+        self.headers = resp.msg
+        self._done: Callable[[bool], None] | None = done
+
+    @property
+    def raw(self) -> PlainResponse:
+        return self
+
+    def read(self, amt: int, decode_content: bool = False) -> bytes:
+        fp = self._fp
+        remaining = fp.length
+        data = fp.read(amt)
+        if not data and amt and remaining:
+            # http.client returns b"" for a body cut short; urllib3 (and we) call it broken.
+            raise http.client.IncompleteRead(b"", remaining)
+        return data
+
+    def iter_content(self, chunk_size: int) -> Iterator[bytes]:
+        while chunk := self.read(chunk_size):
+            yield chunk
+
+    def release_conn(self) -> None:
+        self._end()
+
+    def close(self) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            fp = self._fp
+            done(fp.isclosed() and not fp.will_close)
+            fp.close()
