@@ -349,16 +349,24 @@ class ProjectClient:
         data = self.client.get_json(url, what=what)
         return parse_listing(data, host=self.host, what=what)
 
-    def iter_blob(self, key: str, *, offset: int = 0, chunk_size: int = 1 << 20) -> BlobStream:
-        """Stream a blob from `offset` (a Range request; skipped locally if Range is ignored).
+    def iter_blob(
+        self, key: str, *, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20
+    ) -> BlobStream:
+        """Stream a blob from `offset`, at most `length` bytes when given (a Range request;
+        skipped and capped locally if Range is ignored).
 
         Raises:
+            ValueError: `length` is not positive.
             NotFound, Unreachable, ServerError: also while iterating.
         """
         if not key or _BAD_KEY_CHARS.intersection(key):
             raise NotFound(f"{self.host} ({self._what()}): {key!r} is not a blob key")
+        if length is not None and length <= 0:
+            raise ValueError(f"length must be positive, not {length}")
         what = self._what(f"blob {key[:12]}")
         headers = {"Range": f"bytes={offset}-"} if offset > 0 else None
+        if length is not None:
+            headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
         resp = self.client.request(
             "GET",
             f"{self._base}/blobs/{key}",
@@ -367,7 +375,9 @@ class ProjectClient:
             stream=True,
             passthrough=(416,),
         )
-        return _stream(resp, offset=offset, chunk_size=chunk_size, host=self.host, what=what)
+        return BlobStream(
+            resp, offset=offset, length=length, chunk_size=chunk_size, host=self.host, what=what
+        )
 
     def upload(self, path: str, data: IO[bytes], *, size: int | None = None) -> UploadResult:
         """PUT a file's bytes at `path` (a new commit). Retried: the same bytes are re-sent."""
@@ -618,12 +628,6 @@ def _json(resp: requests.Response, host: str, what: str) -> Any:
         resp.close()
 
 
-def _stream(
-    resp: requests.Response, *, offset: int, chunk_size: int, host: str, what: str
-) -> BlobStream:
-    return BlobStream(resp, offset=offset, chunk_size=chunk_size, host=host, what=what)
-
-
 class BlobStream(Iterator[bytes]):
     """A blob's bytes from a streamed GET: an iterator of `bytes` chunks, or `readinto`.
 
@@ -631,13 +635,22 @@ class BlobStream(Iterator[bytes]):
     chunk; the blob cache uses it); iteration yields chunks of up to `chunk_size`. Use one or the
     other. Errors are errors.* (Unreachable, ServerError), raised while reading. `close` (also on
     exhaustion or error) releases the connection. A body whose Range was ignored (200 to a
-    request with an offset) has its first `offset` bytes skipped locally.
+    request with an offset) has its first `offset` bytes skipped locally, and ends after `length`.
     """
 
-    __slots__ = ("_chunks", "_fp", "_host", "_pending", "_resp", "_skip", "_what", "chunk_size")
+    __slots__ = (
+        "_chunks", "_fp", "_host", "_left", "_pending", "_resp", "_skip", "_what", "chunk_size",
+    )  # fmt: skip
 
     def __init__(
-        self, resp: requests.Response, *, offset: int, chunk_size: int, host: str, what: str
+        self,
+        resp: requests.Response,
+        *,
+        offset: int,
+        length: int | None = None,
+        chunk_size: int,
+        host: str,
+        what: str,
     ) -> None:
         self._resp: requests.Response | None = resp
         self.chunk_size = chunk_size
@@ -645,6 +658,8 @@ class BlobStream(Iterator[bytes]):
         self._what = what
         self._chunks: Iterator[bytes] | None = None
         self._skip = offset if (offset > 0 and resp.status_code == 200) else 0
+        # Range ignored (200): the rest of the blob comes; stop after the `length` asked for.
+        self._left = length if (length is not None and resp.status_code == 200) else None
         self._fp: Any = None
         self._pending = b""
         if resp.status_code == 416:
@@ -672,6 +687,11 @@ class BlobStream(Iterator[bytes]):
                         self._skip -= len(chunk)
                         continue
                     chunk, self._skip = chunk[self._skip :], 0
+                if self._left is not None:
+                    if self._left <= 0:
+                        raise StopIteration
+                    chunk = chunk[: self._left]
+                    self._left -= len(chunk)
                 return chunk
         except StopIteration:
             self.close()
@@ -692,7 +712,14 @@ class BlobStream(Iterator[bytes]):
                 view = memoryview(buffer)[: min(len(buffer), self._skip)]
                 n = self._recv(view)
                 self._skip -= n
+            if self._left is not None:
+                if self._left <= 0:
+                    self.close()
+                    return 0
+                buffer = memoryview(buffer)[: self._left]
             n = self._recv(buffer)
+            if self._left is not None:
+                self._left -= n
         except BaseException as exc:
             self.close()
             raise self._mapped(exc) from None
