@@ -1,0 +1,59 @@
+"""Fixtures for domino:// tests: one real local server per module, and filesystems on it.
+
+`dfs` is a filesystem with explicit host and key file (no environment); `domino_env` sets the
+environment a URL-only caller (pandas, dask) relies on, with a config home of its own so the
+developer's own ~/.config/dominofs never takes part.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dominofs.fsspecfs import DominoFileSystem
+from tests.conftest import ALICE_KEY, LocalServer
+
+
+@pytest.fixture(scope="module")
+def fsrv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    server = LocalServer(tmp_path_factory.mktemp("fsspec") / "data", ["--project", "alice/other"])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("fsspec-key") / "key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(ALICE_KEY + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def domino_env(fsrv: LocalServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    home = tmp_path_factory.mktemp("fsspec-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DOMINO_API_HOST", fsrv.url)
+        mp.setenv("DOMINO_USER_API_KEY", ALICE_KEY)
+        mp.setenv("XDG_CONFIG_HOME", str(home / "config"))
+        mp.setenv("DOMINOFS_CACHE_DIR", str(home / "cache"))
+        yield
+
+
+@pytest.fixture
+def dfs(fsrv: LocalServer, key_file: Path) -> DominoFileSystem:
+    return DominoFileSystem(host=fsrv.url, api_key_file=str(key_file), skip_instance_cache=True)
+
+
+@pytest.fixture
+def folder() -> str:
+    """A project folder no other test uses."""
+    return f"alice/demo/t-{uuid.uuid4().hex[:10]}"
