@@ -81,6 +81,7 @@ class Shared:
 
     def __init__(self, settings: Settings, *, max_files: int = DEFAULT_MAX_FILES) -> None:
         self.host = settings.host
+        self.pid = os.getpid()
         self.client = DominoClient.from_settings(settings)
         self.max_files = max_files
         self._lock = threading.Lock()

@@ -16,11 +16,22 @@ import pytest
 
 from dominofs.fsspecfs import DominoFileSystem
 from tests.conftest import ALICE_KEY, LocalServer
+from tests.load.build import add_small_files, open_store, small_content, tree_path
+
+MANY = 2_000  # files of alice/many, all in its second commit, 100 to a folder
 
 
 @pytest.fixture(scope="module")
 def fsrv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    server = LocalServer(tmp_path_factory.mktemp("fsspec") / "data", ["--project", "alice/other"])
+    """alice/demo (new), alice/other (new) and alice/many (MANY files, built offline)."""
+    data = tmp_path_factory.mktemp("fsspec") / "data"
+    store = open_store(data)
+    add_small_files(
+        store,
+        store.add_project("alice/many"),
+        {tree_path(i): small_content(i) for i in range(MANY)},
+    )
+    server = LocalServer(data, ["--project", "alice/other"])
     server.start()
     try:
         yield server
@@ -51,6 +62,31 @@ def domino_env(fsrv: LocalServer, tmp_path_factory: pytest.TempPathFactory) -> I
 @pytest.fixture
 def dfs(fsrv: LocalServer, key_file: Path) -> DominoFileSystem:
     return DominoFileSystem(host=fsrv.url, api_key_file=str(key_file), skip_instance_cache=True)
+
+
+class Requests:
+    """What the server was asked for since the last `take()`, by route (GET files, ...)."""
+
+    def __init__(self, server: LocalServer) -> None:
+        self.server = server
+        self._last = self._now()
+
+    def _now(self) -> dict[str, int]:
+        counts = self.server.stats()["requests"]
+        assert isinstance(counts, dict)
+        return {str(k): int(v) for k, v in counts.items() if not str(k).endswith(" stats")}
+
+    def take(self) -> dict[str, int]:
+        """Requests since the last take (the stats reads themselves not counted)."""
+        now = self._now()
+        out = {k: v - self._last.get(k, 0) for k, v in now.items() if v != self._last.get(k, 0)}
+        self._last = now
+        return out
+
+
+@pytest.fixture
+def asked(fsrv: LocalServer) -> Requests:
+    return Requests(fsrv)
 
 
 @pytest.fixture
