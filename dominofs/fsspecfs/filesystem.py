@@ -134,6 +134,14 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
         with translated():
             return self._shared.view(loc.project, loc.commit, ttl=self.head_ttl, refresh=refresh)
 
+    def _seen(self, loc: Location, refresh: bool = False) -> listings.View:
+        """A listing that shows `loc` if the server has it: a miss at head asks for the head
+        again, since another process (a dask worker) may have just written the file."""
+        view = self._view(loc, refresh)
+        if loc.commit is None and not refresh and not _shows(view, loc.path):
+            view = self._view(loc, refresh=True)
+        return view
+
     def _file_info(self, name: str, file: RemoteFile, commit: str | None) -> dict[str, Any]:
         when = datetime.fromtimestamp(file.mtime_ms / 1000, tz=UTC) if file.mtime_ms else None
         return {
@@ -167,7 +175,7 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
         pin = travelled_pin(path, self.host)
         if pin is not None:
             return loc, pin.file, self._file_info(loc.name(), pin.file, pin.commit)
-        view = self._view(loc)
+        view = self._seen(loc)
         file = view.file(loc.path)
         if file is None:
             if view.is_dir(loc.path):
@@ -187,14 +195,14 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
         if pin is not None and not refresh:
             return self._file_info(self._loc(path).name(), pin.file, pin.commit)
         loc = self._loc(path)
-        entry = self._entry(loc, self._view(loc, refresh), loc.path)
+        entry = self._entry(loc, self._seen(loc, refresh), loc.path)
         if entry is None:
             raise FileNotFoundError(errno.ENOENT, f"{loc.url}: no such file or folder")
         return entry
 
     def ls(self, path: str, detail: bool = True, refresh: bool = False, **kwargs: Any) -> Any:
         loc = self._loc(path)
-        view = self._view(loc, refresh)
+        view = self._seen(loc, refresh)
         names = view.children(loc.path)
         if names is None:
             entry = self._entry(loc, view, loc.path)
@@ -219,7 +227,7 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
         if maxdepth is not None and maxdepth < 1:
             raise ValueError("maxdepth must be at least 1")
         loc = self._loc(path)
-        view = self._view(loc, refresh)
+        view = self._seen(loc, refresh)
         out: dict[str, dict[str, Any]] = {}
         if view.file(loc.path) is not None:
             entry = self._entry(loc, view, loc.path)
@@ -485,7 +493,7 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
         loc = self._loc(path)
         if loc.commit is not None:
             raise PermissionError(errno.EROFS, f"{loc.url}: commit {loc.commit} is read only")
-        view = self._view(loc)
+        view = self._seen(loc)
         if view.file(loc.path) is None:
             if view.is_dir(loc.path):
                 raise IsADirectoryError(errno.EISDIR, f"{loc.url} is a folder: rm(recursive=True)")
@@ -531,3 +539,7 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
         loc = self._loc(path)
         if self._view(loc).files_under(loc.path):
             raise OSError(errno.ENOTEMPTY, f"{loc.url} is not empty")
+
+
+def _shows(view: listings.View, rel: str) -> bool:
+    return view.file(rel) is not None or view.is_dir(rel)

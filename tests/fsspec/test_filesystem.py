@@ -156,6 +156,21 @@ def test_head_is_asked_again_after_head_ttl_refresh_or_invalidate(
     assert asked.take() == {"GET commits": 2}  # head unchanged: its listing is kept
 
 
+def test_a_miss_at_head_asks_the_server_again(
+    fsrv: LocalServer, key_file: Path, folder: str, asked: Requests
+) -> None:
+    fs = DominoFileSystem(host=fsrv.url, api_key_file=str(key_file), head_ttl=3600)
+    fs.pipe(f"{folder}/mine", b"1")
+    raw(fsrv).upload(f"{folder.split('/', 2)[2]}/theirs", io.BytesIO(b"2"))
+    asked.take()
+    assert fs.info(f"{folder}/mine")["size"] == 1
+    assert asked.take() == {}  # a hit is answered from the listing
+    assert fs.cat(f"{folder}/theirs") == b"2"  # another process wrote it: found all the same
+    assert asked.take() == {"GET commits": 1, "GET files": 1, "GET blobs": 1}
+    assert not fs.exists(f"{folder}/nobody")
+    assert asked.take() == {"GET commits": 1}
+
+
 def test_listings_kept_are_bounded(fsrv: LocalServer, key_file: Path, folder: str) -> None:
     fs = DominoFileSystem(
         host=fsrv.url, api_key_file=str(key_file), max_listing_files=10, read_timeout=9
