@@ -23,17 +23,20 @@ from fsspec.spec import AbstractBufferedFile
 DEFAULT_BLOCK_SIZE = 1 << 20  # what a random read fetches beyond what it asked for
 MAX_WINDOW = 32 << 20  # the read-ahead of a long sequential read
 SPOOL_IN_MEMORY = 8 << 20  # a write larger than this goes to a temporary file on disk
+COPY_CHUNK = 1 << 20
 
 Fetch = Callable[[int, int], bytes]
 Upload = Callable[[IO[bytes], int], None]
 
 
 class Readahead(BaseCache):  # type: ignore[misc]
-    """One window of the file: a read inside it is a hit; a read that goes on from it doubles
-    the window (up to MAX_WINDOW); a read elsewhere starts over with one block.
+    """One window of the file. A small read inside it is a hit; one that goes on from it
+    doubles the window (up to MAX_WINDOW); one elsewhere starts over with one block. A read of
+    a block or more is fetched as asked, into the bytes it returns (no copy here).
 
     fsspec's own "readahead" adds the same block to every read, so a sequential reader pays
-    one request per block and a column read of a Parquet file a block it does not need.
+    one request per block, a column read of a Parquet file a block it does not need, and a
+    big read a copy of everything it fetched.
     """
 
     name = "domino-readahead"
@@ -54,18 +57,17 @@ class Readahead(BaseCache):  # type: ignore[misc]
             self.hit_count += 1
             return self._data[start - have_from : end - have_from]
         self.miss_count += 1
+        part, begin = b"", start
         if self._data and have_from <= start <= have_to:
-            part = self._data[start - have_from :]
-            begin = have_to
+            part, begin = self._data[start - have_from :], have_to
             self._window = min(self._window * 2, MAX_WINDOW)
         else:
-            part, begin = b"", start
             self._window = self.blocksize
-        stop = min(self.size, end + self._window)
+        stop = end if end - begin >= self.blocksize else min(self.size, end + self._window)
         self.total_requested_bytes += stop - begin
         self._data = self.fetcher(begin, stop)
         self._start = begin
-        # A whole-slice of bytes is the same object: a big read costs no copy here.
+        # A whole slice of bytes is the bytes itself: a big read is returned as fetched.
         new = self._data[: end - begin]
         return part + new if part else new
 

@@ -15,6 +15,7 @@ import dataclasses
 import errno
 import io
 import os
+import shutil
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -76,7 +77,11 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
                 cache_size=cache_size,
                 require_key=api_key is None,
             )
-        except (ConfigError, DominoError) as exc:
+        except ConfigError as exc:
+            raise ValueError(
+                f"domino://: {exc} (as storage options: host=URL, api_key_file=PATH)"
+            ) from None
+        except DominoError as exc:
             raise builtin(exc) from None
         if api_key is not None:
             settings = dataclasses.replace(settings, api_key=api_key)
@@ -125,7 +130,11 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     @property
     def _shared(self) -> listings.Shared:
-        return listings.shared_for(self._settings, max_files=self.max_listing_files)
+        shared = self.__dict__.get("_shared_state")
+        if shared is None or shared.pid != os.getpid():  # an instance inherited by a fork
+            shared = listings.shared_for(self._settings, max_files=self.max_listing_files)
+            self.__dict__["_shared_state"] = shared
+        return shared
 
     def _loc(self, path: str) -> Location:
         return parse(path, commit=self.commit)
@@ -141,6 +150,17 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
         if loc.commit is None and not refresh and not _shows(view, loc.path):
             view = self._view(loc, refresh=True)
         return view
+
+    def _cached_info(self, loc: Location, view: listings.View, rel: str) -> dict[str, Any]:
+        """The entry of file `rel` of `view`, named under `loc`'s root (a copy: callers may
+        change it)."""
+        key = (loc.root, rel)
+        entry = view.entries.get(key)
+        if entry is None:
+            file = view.file(rel)
+            assert file is not None
+            entry = view.entries[key] = self._file_info(loc.name(rel), file, view.commit_of(rel))
+        return dict(entry)
 
     def _file_info(self, name: str, file: RemoteFile, commit: str | None) -> dict[str, Any]:
         when = datetime.fromtimestamp(file.mtime_ms / 1000, tz=UTC) if file.mtime_ms else None
@@ -158,9 +178,8 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
         return {"name": name, "size": 0, "type": "directory", "commit": commit}
 
     def _entry(self, loc: Location, view: listings.View, rel: str) -> dict[str, Any] | None:
-        file = view.file(rel)
-        if file is not None:
-            return self._file_info(loc.name(rel), file, view.commit_of(rel))
+        if view.file(rel) is not None:
+            return self._cached_info(loc, view, rel)
         if view.is_dir(rel):
             return self._dir_info(loc.name(rel), view.commit)
         return None
@@ -230,22 +249,21 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
         view = self._seen(loc, refresh)
         out: dict[str, dict[str, Any]] = {}
         if view.file(loc.path) is not None:
-            entry = self._entry(loc, view, loc.path)
-            assert entry is not None
+            entry = self._cached_info(loc, view, loc.path)
             out[entry["name"]] = entry
         elif view.is_dir(loc.path):
             if withdirs and loc.path:
                 out[loc.name()] = self._dir_info(loc.name(), view.commit)
-            base = len(loc.path) + 1 if loc.path else 0
+            top = f"{loc.path}/" if loc.path else ""
+            folder = None  # the folder of the previous file: files come sorted, by folder
             for rel in view.files_under(loc.path):
-                below = rel[base:]
+                below = rel[len(top) :]
                 depth = below.count("/") + 1
-                if withdirs:
-                    self._add_dirs(out, loc, view, rel, below, maxdepth)
+                if withdirs and depth > 1 and below.rsplit("/", 1)[0] != folder:
+                    folder = below.rsplit("/", 1)[0]
+                    self._add_dirs(out, loc, view, top, folder, maxdepth)
                 if maxdepth is None or depth <= maxdepth:
-                    file = view.file(rel)
-                    assert file is not None
-                    entry = self._file_info(loc.name(rel), file, view.commit_of(rel))
+                    entry = self._cached_info(loc, view, rel)
                     out[entry["name"]] = entry
         names = sorted(out)
         return {n: out[n] for n in names} if detail else names
@@ -255,13 +273,12 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
         out: dict[str, dict[str, Any]],
         loc: Location,
         view: listings.View,
-        rel: str,
-        below: str,
+        top: str,
+        folder: str,
         maxdepth: int | None,
     ) -> None:
-        """The folders between the search root and file `rel` (`below` is rel under it)."""
-        parts = below.split("/")[:-1]
-        top = rel[: len(rel) - len(below)]
+        """`folder` (below the search root `top`) and the folders between them."""
+        parts = folder.split("/")
         for depth in range(1, len(parts) + 1):
             if maxdepth is not None and depth > maxdepth:
                 return
@@ -318,6 +335,7 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
                 f"{PROTOCOL}:// opens files with rb, wb or xb, not {mode}: the API replaces "
                 "whole files"
             )
+        kwargs.pop("size", None)  # the size is the pinned blob's
         loc, file, details = self._blob(path)
         pc = self._shared.project(loc.project)
         on_close = None
@@ -438,6 +456,15 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
             RemoteFile(path=loc.path, size=result.size, mtime_ms=result.mtime_ms, key=result.key),
         )
 
+    def _send(self, loc: Location, body: IO[bytes] | Any, size: int, exclusive: bool) -> None:
+        """Upload now, or, inside `with fs.transaction`, when the transaction commits."""
+        if not self._intrans:
+            self._upload(loc, body, size, exclusive)
+            return
+        # fsspec's open() hands the file to the transaction, which commits or discards it.
+        with self.open(loc.name(), "xb" if exclusive else "wb") as f:
+            shutil.copyfileobj(body, f, files.COPY_CHUNK)
+
     def _open_write(self, path: str, *, exclusive: bool, autocommit: bool) -> files.WriteFile:
         loc = self._writable(path, exclusive=exclusive)
 
@@ -450,7 +477,7 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
         """Write `value` as the file (mode="create": FileExistsError if it exists at head)."""
         exclusive = mode == "create"
         loc = self._writable(path, exclusive=exclusive)
-        self._upload(loc, io.BytesIO(value), len(value), exclusive)
+        self._send(loc, io.BytesIO(value), len(value), exclusive)
 
     def put_file(
         self,
@@ -469,7 +496,7 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
         with open(lpath, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             callback.set_size(size)
-            self._upload(loc, f, size, exclusive)
+            self._send(loc, f, size, exclusive)
             callback.relative_update(size)
 
     def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
@@ -480,7 +507,7 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
         dst = self._writable(path2)
         source = blobs.BlobSource(self._shared.project(src.project), file)
         try:
-            self._upload(dst, source, file.size, False)
+            self._send(dst, source, file.size, False)
         finally:
             source.close()
 

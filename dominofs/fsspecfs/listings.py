@@ -20,6 +20,7 @@ import time
 from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..api import DominoClient, ProjectClient
 from ..config import Settings
@@ -33,13 +34,16 @@ _MAX_LISTINGS = 64
 class View:
     """A listing as the filesystem answers from it: immutable, shared by threads."""
 
-    __slots__ = ("_paths", "commit", "fresh", "tree")
+    __slots__ = ("_paths", "commit", "entries", "fresh", "tree")
 
     def __init__(self, tree: Tree, fresh: frozenset[str] = frozenset()) -> None:
         self.tree = tree
         self.commit = tree.commit_id
         self.fresh = fresh  # written by this process since the listing: commit not known yet
         self._paths: list[str] | None = None
+        # What the filesystem made of a file's entry, by (the caller's project root, path):
+        # a glob and the info of each name it found build it once.
+        self.entries: dict[tuple[str, str], dict[str, Any]] = {}
 
     def file(self, rel: str) -> RemoteFile | None:
         return self.tree.file(rel)
@@ -111,7 +115,7 @@ class Shared:
             return self._commit_view(ref, commit)
         asked = time.monotonic()
         with self._lock:
-            head = self._heads.setdefault(ref, _Head())
+            head = self._head(ref)
             if head.view is not None and not refresh and asked - head.checked < ttl:
                 return self._merged(head)
         with self._fetch_lock(ref):
@@ -130,7 +134,7 @@ class Shared:
     def changed(self, ref: ProjectRef, path: str, file: RemoteFile | None) -> None:
         """Our upload (`file`) or deletion (None) of `path` completed: show it at once."""
         with self._lock:
-            head = self._heads.setdefault(ref, _Head())
+            head = self._head(ref)
             head.seq += 1
             head.overlay[path] = (head.seq, file)
             head.merged = None
@@ -147,6 +151,13 @@ class Shared:
             return {"listings": len(self._views), "files": self._kept_files}
 
     # -- needs self._lock, or takes it -------------------------------------------------------
+
+    def _head(self, ref: ProjectRef) -> _Head:
+        """The head record of `ref`, made on first use. Needs self._lock."""
+        head = self._heads.get(ref)
+        if head is None:
+            head = self._heads[ref] = _Head()
+        return head
 
     def _merged(self, head: _Head) -> View:
         """The head's listing with our own changes laid over it. Needs self._lock."""

@@ -15,6 +15,7 @@ glob is never hidden behind the blob the glob saw.
 from __future__ import annotations
 
 import errno
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -69,14 +70,30 @@ def parse(path: str, *, commit: str | None = None) -> Location:
             or a commit in the path that disagrees with the filesystem's `commit=`.
     """
     text = strip_protocol(path)
-    parts = text.split("/")
-    if len(parts) < 2 or not parts[1]:
+    first = text.find("/")
+    second = text.find("/", first + 1) if first >= 0 else -1
+    head, rel = (text, "") if second < 0 else (text[:second], text[second + 1 :])
+    ref, pinned, root = _project(head, commit)
+    probe = f"/{rel}/"
+    if rel and ("//" in probe or "/./" in probe or "/../" in probe or "\0" in rel):
+        parts = [p for p in rel.split("/") if p]
+        if any(p in (".", "..") or "\0" in p for p in parts):
+            raise ValueError(f"{PROTOCOL}://{text}: '.', '..' and NUL are not allowed in a path")
+        rel = "/".join(parts)
+    return Location(ref, pinned or commit, rel, root)
+
+
+@functools.lru_cache(maxsize=1024)
+def _project(text: str, commit: str | None) -> tuple[ProjectRef, str | None, str]:
+    """(project, commit in the path, root as written) of OWNER/PROJECT[@COMMIT]; every name
+    of a listing shares its root, so this runs once per root, not once per name."""
+    owner, _, project = text.partition("/")
+    if not project:
         raise FileNotFoundError(
             errno.ENOENT,
             f"{PROTOCOL}://{text}: name a project, as in domino://OWNER/PROJECT/PATH "
             "(the v1 API lists no projects)",
         )
-    owner, project = parts[0], parts[1]
     pinned = None
     if "@" in project:
         project, pinned = project.split("@", 1)
@@ -99,11 +116,7 @@ def parse(path: str, *, commit: str | None = None) -> Location:
             f"{PROTOCOL}://{text}: the path pins commit {pinned} but the filesystem was opened "
             f"with commit={commit}"
         )
-    rel_parts = [p for p in parts[2:] if p]
-    if any(p in (".", "..") or "\0" in p for p in rel_parts):
-        raise ValueError(f"{PROTOCOL}://{text}: '.', '..' and NUL are not allowed in a path")
-    root = f"{owner}/{project}@{pinned}" if pinned else f"{owner}/{project}"
-    return Location(ref, pinned or commit, "/".join(rel_parts), root)
+    return ref, pinned, f"{owner}/{project}@{pinned}" if pinned else f"{owner}/{project}"
 
 
 @dataclass(frozen=True, slots=True)

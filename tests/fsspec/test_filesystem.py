@@ -305,6 +305,29 @@ def test_an_exception_in_with_uploads_nothing(dfs: DominoFileSystem, folder: str
     assert not dfs.exists(f"{folder}/half.txt")
 
 
+def test_a_transaction_uploads_when_it_ends(
+    dfs: DominoFileSystem, folder: str, tmp_path: Path, asked: Requests
+) -> None:
+    local = tmp_path / "local.txt"
+    local.write_bytes(b"from disk")
+    dfs.pipe(f"{folder}/src", b"source")
+    asked.take()
+    with dfs.transaction:
+        dfs.pipe(f"{folder}/t1", b"one")
+        dfs.put_file(str(local), f"{folder}/t2")
+        dfs.cp_file(f"{folder}/src", f"{folder}/t3")
+        with dfs.open(f"{folder}/t4", "wb") as f:
+            f.write(b"four")
+        assert "PUT upload" not in asked.take()
+    assert asked.take()["PUT upload"] == 4
+    assert dfs.cat([f"{folder}/t{i}" for i in range(1, 5)]) == {
+        f"{folder}/t1": b"one",
+        f"{folder}/t2": b"from disk",
+        f"{folder}/t3": b"source",
+        f"{folder}/t4": b"four",
+    }
+
+
 def test_exclusive_create(fsrv: LocalServer, dfs: DominoFileSystem, folder: str) -> None:
     dfs.pipe(f"{folder}/x", b"1")
     with pytest.raises(FileExistsError):
