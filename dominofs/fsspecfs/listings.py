@@ -27,7 +27,7 @@ from ..config import Settings
 from ..models import ProjectRef, RemoteFile
 from ..tree import Tree
 
-DEFAULT_MAX_FILES = 250_000  # files of all kept listings together: about 75 MB
+DEFAULT_MAX_FILES = 200_000  # files of all kept listings together: about 100 MB
 _MAX_LISTINGS = 64
 
 

@@ -25,6 +25,8 @@ def test_pandas_by_url_in_a_fresh_interpreter(fsrv: LocalServer, dfs: DominoFile
     frame.to_csv(f"domino://{folder}/train.csv", index=False)
     assert dfs.cat(f"{folder}/train.csv").startswith(b"id,name\n0,n0\n")
     assert pd.read_csv(f"domino://{folder}/train.csv").equals(frame)
+    frame.to_parquet(f"domino://{folder}/train.parquet")
+    assert pd.read_parquet(f"domino://{folder}/train.parquet").equals(frame)
     # Nothing imported by hand: the entry point brings domino:// in.
     code = f"import pandas as pd; print(pd.read_csv('domino://{folder}/train.csv').shape)"
     out = subprocess.run(
