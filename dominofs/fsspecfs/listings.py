@@ -120,8 +120,11 @@ class Shared:
                 return self._merged(head)
         with self._fetch_lock(ref):
             with self._lock:
-                if head.view is not None and head.checked >= asked:
-                    return self._merged(head)  # another thread asked while this one waited
+                # Another thread asked while this one waited: a listing asked for since this
+                # call began (for refresh), or still young enough (for the rest).
+                young = not refresh and time.monotonic() - head.checked < ttl
+                if head.view is not None and (head.checked >= asked or young):
+                    return self._merged(head)
                 seen = head.seq
             started = time.monotonic()
             view = self._commit_view(ref, self.project(ref).head_commit(), locked=True)

@@ -144,6 +144,12 @@ class BlobName(str):
         out.pin = None
         return out
 
+    def __copy__(self) -> BlobName:
+        return self  # a copy in this process is still this process's name, not a travelled one
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> BlobName:
+        return self
+
     def __reduce__(self) -> tuple[Any, ...]:
         blob = self._blob
         f = blob.file

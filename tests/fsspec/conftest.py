@@ -51,12 +51,16 @@ def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def domino_env(fsrv: LocalServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     home = tmp_path_factory.mktemp("fsspec-home")
+    # fsspec keeps one instance per set of options: one made for another module's server
+    # (the same no options, another environment) must not answer here.
+    DominoFileSystem.clear_instance_cache()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DOMINO_API_HOST", fsrv.url)
         mp.setenv("DOMINO_USER_API_KEY", ALICE_KEY)
         mp.setenv("XDG_CONFIG_HOME", str(home / "config"))
         mp.setenv("DOMINOFS_CACHE_DIR", str(home / "cache"))
         yield
+    DominoFileSystem.clear_instance_cache()
 
 
 @pytest.fixture

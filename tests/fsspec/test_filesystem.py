@@ -3,6 +3,8 @@ pickles and process pools."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import copy
 import hashlib
 import io
 import multiprocessing
@@ -89,6 +91,19 @@ def test_glob_of_a_commit_costs_one_listing_and_then_nothing(
     asked.take()
     assert len(pinned.find("alice/many")) == MANY + 2
     assert asked.take() == {}  # that commit's listing is already kept: not even a commits request
+
+
+def test_threads_share_one_listing(fsrv: LocalServer, key_file: Path, asked: Requests) -> None:
+    def glob_in_a_thread(_: int) -> int:
+        # fsspec makes one instance per thread; the listing behind them is one.
+        fs = fsspec.filesystem("domino", host=fsrv.url, api_key_file=str(key_file), read_timeout=13)
+        return len(fs.glob("alice/many/d001/**"))
+
+    asked.take()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        counts = list(pool.map(glob_in_a_thread, range(16)))
+    assert counts == [1011] * 16  # d001, its 10 folders and 1,000 files
+    assert asked.take() == {"GET commits": 1, "GET files": 1}
 
 
 def test_find_and_ls_follow_fsspec(dfs: DominoFileSystem) -> None:
@@ -471,6 +486,7 @@ def test_a_listed_name_opens_its_blob_where_it_travels(
     assert name == f"{folder}/p.txt"
     dfs.pipe(f"{folder}/p.txt", b"changed")
     assert dfs.cat(name) == b"changed"  # here, a name is looked up afresh
+    assert copy.deepcopy(name).pin is None  # a copy here is not a name that travelled
     travelled = pickle.loads(pickle.dumps(name))
     # Other timeouts: a client and listings of its own, as in a worker that has listed nothing.
     fs = DominoFileSystem(host=fsrv.url, api_key_file=str(key_file), read_timeout=11)
