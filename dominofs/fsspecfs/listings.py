@@ -19,6 +19,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,24 +33,65 @@ _MAX_LISTINGS = 64
 
 
 class View:
-    """A listing as the filesystem answers from it: immutable, shared by threads."""
+    """A listing as the filesystem answers from it, with this process's own changes since laid
+    over it: immutable, shared by threads.
 
-    __slots__ = ("_paths", "commit", "entries", "fresh", "tree")
+    A file or folder question is answered from the listing and the changes; the merged tree
+    that `children` and `files_under` need is built on first use only, so a run of writes into
+    a big project (each checks its path) rebuilds nothing.
+    """
 
-    def __init__(self, tree: Tree, fresh: frozenset[str] = frozenset()) -> None:
-        self.tree = tree
-        self.commit = tree.commit_id
-        self.fresh = fresh  # written by this process since the listing: commit not known yet
+    __slots__ = ("_base", "_changes", "_merged", "_paths", "commit", "entries", "fresh", "listing")
+
+    def __init__(
+        self,
+        listing: Tree,
+        changes: Mapping[str, RemoteFile | None] | None = None,
+        base: View | None = None,
+    ) -> None:
+        self.listing = listing
+        self.commit = listing.commit_id
+        self._changes = dict(changes or {})  # path -> our upload, or None for our deletion
+        self._base = base  # the view of `listing` alone: its sorted paths are reused
+        self.fresh = frozenset(p for p, f in self._changes.items() if f is not None)
+        self._merged: Tree | None = None if self._changes else listing
         self._paths: list[str] | None = None
         # What the filesystem made of a file's entry, by (the caller's project root, path):
         # a glob and the info of each name it found build it once.
         self.entries: dict[tuple[str, str], dict[str, Any]] = {}
 
+    @property
+    def tree(self) -> Tree:
+        """The listing with the changes applied (built once, on first use)."""
+        tree = self._merged
+        if tree is None:
+            files = dict(self.listing.files)
+            for path, file in self._changes.items():
+                if file is None:
+                    files.pop(path, None)
+                else:
+                    files[path] = file
+            tree = self._merged = Tree(self.commit, files.values())
+        return tree
+
     def file(self, rel: str) -> RemoteFile | None:
-        return self.tree.file(rel)
+        if rel in self._changes:
+            return self._changes[rel]
+        return self.listing.file(rel)
 
     def is_dir(self, rel: str) -> bool:
-        return self.tree.is_dir(rel)
+        if not rel:
+            return True  # the project's root
+        if self._merged is not None:
+            return self._merged.is_dir(rel)
+        prefix = rel + "/"
+        if any(f is not None and p.startswith(prefix) for p, f in self._changes.items()):
+            return True
+        if not self.listing.is_dir(rel):
+            return False
+        # A folder of the listing is gone only when we deleted every file in it.
+        under = self._base.files_under(rel) if self._base else []
+        return any(self._changes.get(p, True) is not None for p in under)
 
     def children(self, rel: str) -> tuple[str, ...] | None:
         return self.tree.children(rel)
@@ -167,17 +209,8 @@ class Shared:
         if head.merged is None:
             base = head.view
             assert base is not None
-            if not head.overlay:
-                head.merged = base
-            else:
-                files = dict(base.tree.files)
-                for path, (_, file) in head.overlay.items():
-                    if file is None:
-                        files.pop(path, None)
-                    else:
-                        files[path] = file
-                fresh = frozenset(p for p, (_, f) in head.overlay.items() if f is not None)
-                head.merged = View(Tree(base.commit, files.values()), fresh)
+            changes = {path: file for path, (_, file) in head.overlay.items()}
+            head.merged = View(base.listing, changes, base) if changes else base
         return head.merged
 
     def _fetch_lock(self, ref: ProjectRef) -> threading.Lock:
@@ -206,12 +239,12 @@ class Shared:
         with self._lock:
             if key not in self._views:
                 self._views[key] = view
-                self._kept_files += len(view.tree)
+                self._kept_files += len(view.listing)
                 while len(self._views) > 1 and (
                     self._kept_files > self.max_files or len(self._views) > _MAX_LISTINGS
                 ):
                     _, old = self._views.popitem(last=False)
-                    self._kept_files -= len(old.tree)
+                    self._kept_files -= len(old.listing)
             return view
 
 
