@@ -9,7 +9,8 @@ Run: `.venv/bin/python scripts/bench_fsspec.py [--quick] [--json]`.
   then again in the same process (warm): requests the server saw, and seconds;
 - `dd.read_csv` of 100 x 1 MiB CSVs (20 with --quick) on a LocalCluster of 2 worker processes
   (started before the clock), against pandas reading the same files one by one;
-- peak RSS of a process that writes the big file through `fs.open(..., "wb")`.
+- peak RSS of a process that writes the big file through `fs.open(..., "wb")`;
+- 200 small `pipe_file` into the 10,000-file project, against the same PUTs by the client.
 
 It starts its own server (scripts/bench.py's `Server`) on 127.0.0.1 in a temp dir, with the key
 in 0600 files only, and removes everything on exit. Figures, not tests.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import secrets
@@ -103,6 +105,10 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
 
 
+def upload_bytes(pc: Any, path: str, data: bytes) -> None:
+    pc.upload(path, io.BytesIO(data), size=len(data))
+
+
 def csv_bytes(i: int, size: int) -> bytes:
     rows, n = [b"id,a,b,c\n"], 0
     while n < size:
@@ -113,6 +119,7 @@ def csv_bytes(i: int, size: int) -> bytes:
 
 
 def run(tmp: Path, quick: bool, say: Callable[[str], None]) -> list[Figure]:
+    from dominofs.api import DominoClient
     from dominofs.fsspecfs import DominoFileSystem
     from dominofs.server.store import Store
 
@@ -197,6 +204,22 @@ def run(tmp: Path, quick: bool, say: Callable[[str], None]) -> list[Figure]:
             Figure("fsspec", f"glob + info of {FILES:,} files, warm", warm_s, "s").finish()
         )
         say(f"glob+info cold {cold_s:.3f}s warm {warm_s:.3f}s, requests {asked}")
+
+        # -- small writes into the 10,000-file project, each checked against its listing
+        writes, payload = 200, b"x" * 1000
+        pc = DominoClient(url, key).project(f"{OWNER}/files")
+        raw_s = best(lambda: [upload_bytes(pc, f"raw/{i}.txt", payload) for i in range(writes)], 1)
+        fs.ls(f"{OWNER}/files")  # the listing is here: the writes are timed, not its fetch
+        before = stats(url)
+        pipe_s = best(lambda: [fs.pipe(f"{OWNER}/files/fs/{i}", payload) for i in range(writes)], 1)
+        asked = delta(before, stats(url))
+        figures.append(
+            Figure(
+                "fsspec", f"{writes} pipe_file into a {FILES:,}-file project", pipe_s, "s",
+                raw_s, "the same PUTs by ProjectClient.upload", note=f"requests: {asked}",
+            ).finish()
+        )  # fmt: skip
+        say(f"{writes} pipes {pipe_s:.3f}s vs uploads {raw_s:.3f}s, requests {asked}")
 
         # -- dask read_csv on 2 worker processes against pandas one by one
         figures.append(dask_figure(fs, options, csvs, say))
