@@ -22,7 +22,7 @@ from ..config import Settings
 from ..errors import IntegrityError
 from ..models import RemoteFile
 
-_COPY_CHUNK = 1 << 20
+COPY_CHUNK = 1 << 20
 _ROUTES = 100_000  # blob keys remembered with the project to fetch them from
 
 
@@ -61,7 +61,7 @@ class BlobSource:
         if not self._pending and self._pos < self._blob.size:
             if self._stream is None:
                 self._stream = self._pc.iter_blob(
-                    self._blob.key, offset=self._pos, chunk_size=_COPY_CHUNK
+                    self._blob.key, offset=self._pos, chunk_size=COPY_CHUNK
                 )
             self._pending = next(self._stream, b"")
             if not self._pending:

@@ -23,7 +23,6 @@ from fsspec.spec import AbstractBufferedFile
 DEFAULT_BLOCK_SIZE = 1 << 20  # what a random read fetches beyond what it asked for
 MAX_WINDOW = 32 << 20  # the read-ahead of a long sequential read
 SPOOL_IN_MEMORY = 8 << 20  # a write larger than this goes to a temporary file on disk
-COPY_CHUNK = 1 << 20
 
 Fetch = Callable[[int, int], bytes]
 Upload = Callable[[IO[bytes], int], None]

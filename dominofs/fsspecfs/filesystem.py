@@ -463,7 +463,7 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
             return
         # fsspec's open() hands the file to the transaction, which commits or discards it.
         with self.open(loc.name(), "xb" if exclusive else "wb") as f:
-            shutil.copyfileobj(body, f, files.COPY_CHUNK)
+            shutil.copyfileobj(body, f, blobs.COPY_CHUNK)
 
     def _open_write(self, path: str, *, exclusive: bool, autocommit: bool) -> files.WriteFile:
         loc = self._writable(path, exclusive=exclusive)
@@ -475,9 +475,9 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
         """Write `value` as the file (mode="create": FileExistsError if it exists at head)."""
-        exclusive = mode == "create"
-        loc = self._writable(path, exclusive=exclusive)
-        self._send(loc, io.BytesIO(value), len(value), exclusive)
+        # mode="create" is checked once, by the upload, just before the bytes are sent.
+        loc = self._writable(path)
+        self._send(loc, io.BytesIO(value), len(value), mode == "create")
 
     def put_file(
         self,
@@ -491,12 +491,11 @@ class DominoFileSystem(AbstractFileSystem):  # type: ignore[misc]
         exist through their files)."""
         if os.path.isdir(lpath):
             return
-        exclusive = mode == "create"
-        loc = self._writable(rpath, exclusive=exclusive)
+        loc = self._writable(rpath)
         with open(lpath, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             callback.set_size(size)
-            self._send(loc, f, size, exclusive)
+            self._send(loc, f, size, mode == "create")
             callback.relative_update(size)
 
     def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:

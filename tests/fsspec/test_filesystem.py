@@ -238,6 +238,22 @@ def test_reads_fetch_what_they_need(fsrv: LocalServer, dfs: DominoFileSystem, fo
     assert dfs.cat_file(f"{folder}/big.bin", start=15, end=5) == b""
 
 
+def test_a_broken_read_raises_a_clear_oserror(
+    fsrv: LocalServer, dfs: DominoFileSystem, folder: str
+) -> None:
+    dfs.pipe(f"{folder}/broken.bin", os.urandom(1 << 20))
+    with dfs.open(f"{folder}/broken.bin") as f:
+        requests.put(f"{fsrv.url}/_faults", json={"spec": "blobs:truncate=1"}, timeout=5)
+        try:
+            with pytest.raises(OSError, match="blob") as info:
+                f.read()
+        finally:
+            requests.delete(f"{fsrv.url}/_faults", timeout=5)
+    assert type(info.value).__module__ == "dominofs.errors"  # ours, not requests' or urllib3's
+    assert ALICE_KEY not in str(info.value)
+    assert len(dfs.cat(f"{folder}/broken.bin")) == 1 << 20  # the next read is whole again
+
+
 def test_get_file_streams_to_disk(dfs: DominoFileSystem, folder: str, tmp_path: Path) -> None:
     data = os.urandom(2 << 20)
     dfs.pipe(f"{folder}/g.bin", data)
