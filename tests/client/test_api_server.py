@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
 import os
+import threading
 import time
 from collections.abc import Iterator
 
@@ -86,6 +88,56 @@ def test_range_requests_are_served_as_ranges(server: LocalServer, alice: DominoC
     assert 4096 <= sent < 5000  # bytes=1000-5095 (and the reset's answer), not the whole rest
     assert server.requests_count(server.read_route) == 1
     assert server.requests_count("GET blobs" if "content" in server.read_route else "GET v4") == 0
+
+
+def test_bounded_range_reads(server: LocalServer, alice: DominoClient) -> None:
+    pc = alice.project("alice/demo")
+    data = os.urandom(1 << 20)
+    key = pc.upload("b.bin", io.BytesIO(data), size=len(data)).key
+    server.reset_stats()
+    assert b"".join(pc.iter_blob(key, offset=1000, length=5000)) == data[1000:6000]
+    sent = server.stats()["bytes_sent"]
+    assert isinstance(sent, int)
+    assert 5000 <= sent < 5000 + 500  # the range, and the small answer to the stats reset
+    stream, buf, got = pc.iter_blob(key, length=70_000), bytearray(1 << 16), bytearray()
+    while n := stream.readinto(buf):
+        got += buf[:n]
+    assert got == data[:70_000]
+    assert b"".join(pc.iter_blob(key, offset=len(data) - 10, length=100)) == data[-10:]
+    with pytest.raises(ValueError, match="positive"):
+        pc.iter_blob(key, length=0)
+
+
+def test_bounded_reads_are_cut_where_range_is_ignored() -> None:
+    """A peer that answers every Range with the whole blob (200): the client skips and cuts."""
+    data = os.urandom(300_000)
+
+    class WholeBody(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    peer = http.server.ThreadingHTTPServer(("127.0.0.1", 0), WholeBody)
+    thread = threading.Thread(target=peer.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{peer.server_address[1]}"
+        with DominoClient(url, ALICE_KEY, read_timeout=10) as client:
+            pc = client.project("alice/demo")
+            assert b"".join(pc.iter_blob("k" * 40, offset=7, length=100_001)) == data[7:100_008]
+            stream, buf, got = pc.iter_blob("k" * 40, offset=5, length=9), bytearray(64), b""
+            while n := stream.readinto(buf):
+                got += bytes(buf[:n])
+            assert got == data[5:14]
+    finally:
+        peer.shutdown()
+        peer.server_close()
+        thread.join(5)
 
 
 def test_delete_and_no_delete(server: LocalServer, make_server: object) -> None:
