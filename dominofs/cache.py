@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 _MODE_BINARY = 2  # diskcache.core.MODE_BINARY
 _ADOPT_BATCH = 256  # adopted files moved into the index per SQLite transaction
 _CULL_BATCH = 64  # eviction candidates read per query, oldest first
+_MADE: set[str] = set()  # blob folders known to exist (they are never removed)
 _KNOWN_MAX = 1 << 20  # blob files whose place this process remembers (no index read on a hit)
 _TOUCH_EVERY = 2.0  # seconds between writes of the hits' last-use times
 
@@ -87,7 +88,10 @@ class _BlobDisk(diskcache.Disk):  # type: ignore[misc]
     def store(self, value: Any, read: bool, key: Any = diskcache.UNKNOWN) -> Any:
         if isinstance(value, _MoveIn):
             filename, full_path = self.filename(key, value)
-            _private_dirs(self._directory, os.path.dirname(full_path))
+            folder = os.path.dirname(full_path)
+            if folder not in _MADE:  # one level of 256 folders, kept once made
+                _private_dirs(self._directory, folder)
+                _MADE.add(folder)
             os.rename(value.path, full_path)
             value.dest = full_path
             os.chmod(full_path, 0o600)  # an adopted upload keeps the mode it was staged with

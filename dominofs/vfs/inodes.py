@@ -126,6 +126,8 @@ class Namespace:
         self.stats: dict[str, StatDict] = {}
         self.gen = 0
         self.root_extra = 0  # folders the VFS adds to the root (.runs, .dominofs)
+        self._nlinks: dict[str, tuple[Tree, int]] = {}  # folder -> (tree, its link count)
+        self._ignored: dict[str, bool] = {}
         self.writing: dict[int, Inode] = {}  # inodes with an open writer (kept by the VFS)
         # Inodes whose upload landed but no listing has shown yet (settled by the refresher).
         self.unsettled: dict[int, Inode] = {}
@@ -223,10 +225,20 @@ class Namespace:
     def is_local_only(self, path: str, mode: int) -> bool:
         """True when `path` holding a node of `mode` never goes to the server."""
         if _stat.S_ISREG(mode):
-            return self.ignore.is_ignored(path[1:])
+            return self.ignored(path)
         if _stat.S_ISLNK(mode):
-            return not self.links or self.ignore.is_ignored(path[1:])
+            return not self.links or self.ignored(path)
         return not _stat.S_ISDIR(mode)
+
+    def ignored(self, path: str) -> bool:
+        """`.dominoignore` and the built-in rules (fixed while mounted), remembered per path:
+        matching them was a tenth of a copy-in's CPU."""
+        known = self._ignored.get(path)
+        if known is None:
+            if len(self._ignored) > 200_000:
+                self._ignored = {}
+            known = self._ignored[path] = self.ignore.is_ignored(path[1:])
+        return known
 
     # -- stats -------------------------------------------------------------------------------
 
@@ -299,19 +311,32 @@ class Namespace:
     def _dir_stat(
         self, ino: int, mode: int, uid: int, gid: int, a: int, m: int, c: int, path: str | None
     ) -> StatDict:
+        return self._stat(ino, mode, self._dir_nlink(path), 0, uid, gid, a, m, c)
+
+    def _dir_nlink(self, path: str | None) -> int:
+        """2 + the folder's subfolders, kept until a folder is named or dropped in it (a file
+        made in it changes its times, not this: counting at every create made `cp -r` of many
+        files into one folder quadratic)."""
+        if path is None:
+            return 2
+        tree = self.tree
+        kept = self._nlinks.get(path)
+        if kept is not None and kept[0] is tree:
+            return kept[1]
+        gen = self.gen
         subdirs = self.root_extra if path == "/" else 0
-        if path is not None:
-            prefix = "/" if path == "/" else path + "/"
-            tree = self.tree
-            for n in self.names_in(path):
-                p = prefix + n
-                ino_ = self.names.get(p)
-                if ino_ is not None:
-                    child = self.inodes.get(ino_)
-                    subdirs += child is not None and _stat.S_ISDIR(child.mode)
-                elif tree.is_dir(p[1:]):
-                    subdirs += 1
-        return self._stat(ino, mode, 2 + subdirs, 0, uid, gid, a, m, c)
+        prefix = "/" if path == "/" else path + "/"
+        for n in self.names_in(path):
+            p = prefix + n
+            ino_ = self.names.get(p)
+            if ino_ is not None:
+                child = self.inodes.get(ino_)
+                subdirs += child is not None and _stat.S_ISDIR(child.mode)
+            elif tree.is_dir(p[1:]):
+                subdirs += 1
+        if gen == self.gen:
+            self._nlinks[path] = (tree, 2 + subdirs)
+        return 2 + subdirs
 
     @staticmethod
     def _stat(
@@ -365,6 +390,8 @@ class Namespace:
         self.inodes[node.ino] = node
         self.names[path] = node.ino
         node.names.append(path)
+        if _stat.S_ISDIR(node.mode):
+            self._nlinks.pop(parent_of(path), None)
         if path != "/":
             self.children.add(path)
         if self.layer is not None:
@@ -378,6 +405,9 @@ class Namespace:
         ino = self.names.pop(path)
         node = self.inodes[ino]
         node.names.remove(path)
+        if _stat.S_ISDIR(node.mode):
+            self._nlinks.pop(parent_of(path), None)
+            self._nlinks.pop(path, None)
         node.bases.pop(path, None)
         node.pending.discard(path)
         self.children.remove(path)
@@ -395,6 +425,7 @@ class Namespace:
 
     def hide(self, path: str) -> None:
         self.whiteouts[path] = None
+        self._nlinks.pop(parent_of(path), None)
         if self.layer is not None:
             self.layer.whiteout(path)
         self.changed(path, parent_of(path))
@@ -403,6 +434,7 @@ class Namespace:
         if path not in self.whiteouts:
             return False
         del self.whiteouts[path]
+        self._nlinks.pop(parent_of(path), None)
         if self.layer is not None:
             self.layer.whiteout(path, on=False)
         self.changed(path, parent_of(path))

@@ -248,7 +248,7 @@ class NameOps(FileOps):
         that is never uploaded is never deleted there either). Caller holds the lock."""
         assert self.uploads is not None
         self.ns.hide(path)
-        if delete and not self.ns.ignore.is_ignored(rel):
+        if delete and not self.ns.ignored("/" + rel):
             self.uploads.outbox.enqueue_delete(
                 rel, base_key=base, not_before=time.time() + self.upload_delay
             )
