@@ -36,6 +36,7 @@ from .errors import (
     ServerError,
     Unreachable,
 )
+from .fastget import FastGet, Unframed
 from .httperrors import MAX_ERROR_BODY, map_status, message_of, retry_after, status_error, why
 from .locations import Locations
 from .models import (
@@ -99,11 +100,19 @@ class DominoClient:
         # ProjectClient.iter_blob); from then on every read of a located key goes by path.
         self.blob_route_gone = False
         self._plain: PlainHTTP | None = None
+        self._fast: FastGet | None = None
         if self.host.startswith("http://"):
-            # Uploads over http.client: a quarter of requests' CPU per PUT (plainhttp.py).
+            # Uploads over http.client: a quarter of requests' CPU per PUT (plainhttp.py); blob
+            # GETs over raw sockets (fastget.py).
             self._plain = PlainHTTP(
                 self.host,
                 self._session.headers,  # type: ignore[arg-type]
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+            )
+            self._fast = FastGet(
+                self.host,
+                {"User-Agent": f"dominofs/{__version__}", "X-Domino-Api-Key": api_key},
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
             )
@@ -125,6 +134,8 @@ class DominoClient:
         self._session.close()
         if self._plain is not None:
             self._plain.close()
+        if self._fast is not None:
+            self._fast.close()
 
     def __enter__(self) -> DominoClient:
         return self
@@ -293,9 +304,17 @@ class DominoClient:
                 "GET", path, what=what, headers=headers, stream=True, passthrough=passthrough
             )
 
+        fast = self._fast
+
         def once() -> Any:
+            resp: Any = None
             try:
-                resp = plain.open(path, headers or {})
+                try:
+                    resp = fast.get(path, headers or {}) if fast is not None else None
+                except Unframed:
+                    resp = None  # chunked: http.client reads it
+                if resp is None:
+                    resp = plain.open(path, headers or {})
             except OSError as exc:  # refused, reset, timed out: as requests' ConnectionError
                 raise _Retry(
                     Unreachable(f"cannot reach {self.host} ({what}): {why(exc)}")

@@ -251,7 +251,7 @@ class BlobCache(Downloads):
     def prefetch(self, key: str, size: int) -> bool:
         """Start downloading `key` for a reader expected soon, unless it is cached or on its
         way. Nothing waits for it and nothing pins it. True when a download started."""
-        if self._closed or size <= 0:
+        if self._closed or size <= 0 or key in self._known:
             return False
         with self._lock:
             if key in self._inflight or key in self._adopting:

@@ -52,6 +52,8 @@ class Prefetcher:
         self._lock = threading.Lock()
         self._runs: dict[str, tuple[int, int]] = {}  # folder -> (index last opened, run length)
         self._listings: OrderedDict[str, tuple[Any, list[str]]] = OrderedDict()
+        # folder -> (its names, the first index not looked at yet by a fill)
+        self._frontier: dict[str, tuple[list[str], int]] = {}
         # key -> (size, folder, index, when): fetched (or on its way), not opened yet, counted
         # in the budget; then, once the scan is well past it, only kept until it expires.
         self._ahead: OrderedDict[str, tuple[int, str, int, float]] = OrderedDict()
@@ -153,12 +155,17 @@ class Prefetcher:
         self._cache.drop(key)
 
     def _fill(self, folder: str, names: list[str], i: int, window: int) -> None:
+        """Fetch ahead of index `i`, from where the last fill of this folder stopped (each name
+        is looked at once per scan, not once per open)."""
         prefix = "/" if folder == "/" else folder + "/"
         busy = sum(1 for k in self._ahead if self._cache.downloading(k))
         now = time.monotonic()
-        for j in range(i + 1, min(len(names), i + 1 + window)):
+        mark = self._frontier.get(folder)
+        start = i + 1 if mark is None or mark[0] is not names else max(i + 1, mark[1])
+        j = start
+        for j in range(start, min(len(names), i + 1 + window)):
             if busy >= self.requests or self._ahead_bytes >= self.budget:
-                return
+                break
             kind, obj = self._ns.lookup(prefix + names[j])
             if kind == FILE or (
                 kind == NODE and _stat.S_ISREG(obj.mode) and obj.work is None and obj.key
@@ -166,14 +173,17 @@ class Prefetcher:
                 key, size = obj.key, obj.size
             else:
                 continue
-            if key in self._ahead or not 0 < size <= self.largest:
+            if key in self._ahead or key in self._passed or not 0 < size <= self.largest:
                 continue
             if self._ahead_bytes + size > self.budget:
-                return
-            if key in self._passed:
-                continue
+                break
             if self._cache.prefetch(key, size):
                 self._ahead[key] = (size, folder, j, now)
                 self._ahead_bytes += size
                 self.started += 1
                 busy += 1
+        else:
+            j = min(len(names), i + 1 + window)
+        self._frontier[folder] = (names, j)
+        if len(self._frontier) > _LISTINGS:
+            self._frontier.pop(next(iter(self._frontier)))

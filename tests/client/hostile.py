@@ -25,6 +25,7 @@ class Answer:
     missing: int = 0  # announce this many bytes more than the body has, then hang up
     hang_up: bool = False  # answer as if keeping the connection alive, then close it
     pause: tuple[int, float] = (0, 0.0)  # send this many body bytes, then wait this long
+    chunked: bool = False  # Transfer-Encoding: chunked instead of a Content-Length
 
 
 @dataclass
@@ -66,6 +67,14 @@ def hostile_server(plan: list[Answer]) -> Iterator[Hostile]:
             self.send_response(ans.status)
             for k, v in ans.headers.items():
                 self.send_header(k, v)
+            if ans.chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for i in range(0, len(raw), 1000):
+                    part = raw[i : i + 1000]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.write(b"0\r\n\r\n")
+                return
             self.send_header("Content-Length", str(len(raw) + ans.missing))
             self.end_headers()
             first, wait = ans.pause
