@@ -39,6 +39,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ _MODE_BINARY = 2  # diskcache.core.MODE_BINARY
 _ADOPT_BATCH = 256  # adopted files moved into the index per SQLite transaction
 _CULL_BATCH = 64  # eviction candidates read per query, oldest first
 _MADE: set[str] = set()  # blob folders known to exist (they are never removed)
+_SMALL_BYTES = 32 << 20  # small blobs also kept in memory, at most (their hits read no index)
 _KNOWN_MAX = 1 << 20  # blob files whose place this process remembers (no index read on a hit)
 _TOUCH_EVERY = 2.0  # seconds between writes of the hits' last-use times
 
@@ -106,16 +108,27 @@ class _BlobDisk(diskcache.Disk):  # type: ignore[misc]
 
 
 class BlobReader:
-    """An open blob: `read` answers from the local file, waiting only for bytes not yet here."""
+    """An open blob: `read` answers from the local file (or, for a small blob, from memory),
+    waiting only for bytes not yet here."""
 
-    __slots__ = ("_cache", "_dl", "_fd", "key", "size")
+    __slots__ = ("_cache", "_dl", "_fd", "_mem", "_open", "key", "size")
 
-    def __init__(self, cache: BlobCache, key: str, size: int, fd: int, dl: _Download | None):
+    def __init__(
+        self,
+        cache: BlobCache,
+        key: str,
+        size: int,
+        fd: int,
+        dl: _Download | None,
+        mem: bytes | bytearray | None = None,
+    ):
         self._cache = cache
         self.key = key
         self.size = size
         self._fd = fd
         self._dl = dl
+        self._mem = mem if mem is not None or dl is None else dl.mem
+        self._open = True
 
     def read(self, size: int, offset: int) -> bytes:
         """Up to `size` bytes at `offset` (fewer only at the end of the blob).
@@ -124,10 +137,12 @@ class BlobReader:
             DominoError: the download failed (Unreachable, IntegrityError, NotFound, ...).
         """
         dl = self._dl
-        if dl is None or dl.arrived >= offset + size < self.size:
-            return os.pread(self._fd, size, offset)  # the fast path: no lock, one copy
-        n = self._cache._await(self, size, offset)  # may replace self._fd (a retry)
-        return os.pread(self._fd, n, offset)
+        if dl is not None and not dl.arrived >= offset + size < self.size:
+            size = self._cache._await(self, size, offset)  # may replace the fd (a retry)
+        mem = self._mem
+        if mem is not None:
+            return bytes(mem[offset : offset + size])
+        return os.pread(self._fd, size, offset)  # the fast path: no lock, one copy
 
     def read_into(self, buf: memoryview, offset: int) -> int:
         """Like `read`, into `buf` (its length is the size asked for); returns the count.
@@ -136,10 +151,16 @@ class BlobReader:
         """
         dl = self._dl
         size = len(buf)
-        if dl is None or dl.arrived >= offset + size < self.size:
-            return os.preadv(self._fd, (buf,), offset)
-        n = self._cache._await(self, size, offset)  # may replace self._fd (a retry)
-        return os.preadv(self._fd, (buf[:n],), offset) if n else 0
+        if dl is not None and not dl.arrived >= offset + size < self.size:
+            size = self._cache._await(self, size, offset)  # may replace the fd (a retry)
+            if not size:
+                return 0
+        mem = self._mem
+        if mem is not None:
+            chunk = memoryview(mem)[offset : offset + size]
+            buf[: len(chunk)] = chunk
+            return len(chunk)
+        return os.preadv(self._fd, (buf[:size],), offset)
 
     @property
     def complete(self) -> bool:
@@ -195,6 +216,9 @@ class BlobCache(Downloads):
         self._settling = False
         self._pins: dict[str, int] = {}
         self._known: dict[str, str] = {}  # key -> its blob file (no index read on a hit)
+        self._small: OrderedDict[str, bytes | bytearray] = OrderedDict()  # small blobs, LRU
+        self._small_bytes = 0
+        self._small_lock = threading.Lock()  # taken after self._lock, never before it
         self._touched: dict[str, float] = {}  # key -> last use, not written to the index yet
         self._closed = False
         self.hits = 0
@@ -276,6 +300,7 @@ class BlobCache(Downloads):
                 return
         self._known.pop(key, None)
         self._touched.pop(key, None)
+        self._forget_small(key)
         with self._index_lock, contextlib.suppress(OSError, sqlite3.Error, diskcache.Timeout):
             self._dc.delete(key)
 
@@ -284,8 +309,11 @@ class BlobCache(Downloads):
         return key in self._adopting or key in self._dc
 
     def _stored(self, dl: _Download) -> None:
-        """A verified download: served from its partial file until the adopter moves it in."""
+        """A verified download: served from its partial file (a small one from memory) until
+        the adopter moves it in."""
         with self._lock:
+            if dl.mem is not None:
+                self._keep_small(dl.key, dl.mem)
             self._adopting[dl.key] = (dl.path, dl.size)
             self._wake_adopter()
 
@@ -349,7 +377,11 @@ class BlobCache(Downloads):
             with self._index_lock, self._dc.transact():
                 for key, (path, size) in batch:
                     try:
-                        if key not in self._dc:
+                        if not path:  # a small blob received into memory: kept in the index
+                            data = self._small.get(key)
+                            if data is not None and key not in self._dc:
+                                self._dc.set(key, bytes(data))
+                        elif key not in self._dc:
                             move = _MoveIn(path, size)
                             self._dc.set(key, move)
                             self._known[key] = move.dest
@@ -363,8 +395,9 @@ class BlobCache(Downloads):
                     self._moving.discard(key)
                     self._adopting.pop(key, None)
             for _, (path, _size) in batch:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)  # left only when the move failed or the key was there
+                if path:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)  # left only when the move failed or the key was there
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -408,8 +441,15 @@ class BlobCache(Downloads):
                 return None
             self._pins[key] = self._pins.get(key, 0) + 1
             adopting = self._adopting.get(key)
+        small = self._small.get(key)
+        if small is not None:
+            if len(small) == size:
+                self._touched[key] = time.time()
+                self.hits += 1
+                return BlobReader(self, key, size, -1, None, small)
+            self._small.pop(key, None)
         fd = -1
-        if adopting is not None:
+        if adopting is not None and adopting[0]:
             try:
                 fd = os.open(adopting[0], os.O_RDONLY)
             except FileNotFoundError:
@@ -432,6 +472,17 @@ class BlobCache(Downloads):
             if fh is None:
                 self._unpin(key)
                 return None
+            if isinstance(fh, bytes | bytearray):  # a small blob, kept in the index itself
+                if len(fh) != size:
+                    self._dc.delete(key)
+                    self._unpin(key)
+                    return None
+                self._keep_small(key, fh)
+                if self._adopter is None:  # it writes the last-use times of later hits
+                    with self._lock:
+                        self._wake_adopter()
+                self.hits += 1
+                return BlobReader(self, key, size, -1, None, fh)
             fd = os.dup(fh.fileno())
             self._remember(key, fh.name)
             fh.close()
@@ -444,6 +495,25 @@ class BlobCache(Downloads):
             return None
         self.hits += 1
         return BlobReader(self, key, size, fd, None)
+
+    def _keep_small(self, key: str, data: bytes | bytearray) -> None:
+        """Keep a small blob in memory too (at most _SMALL_BYTES of them): its next hit reads
+        no index."""
+        with self._small_lock:
+            old = self._small.pop(key, None)
+            if old is not None:
+                self._small_bytes -= len(old)
+            self._small[key] = data
+            self._small_bytes += len(data)
+            while self._small_bytes > _SMALL_BYTES and self._small:
+                _, old = self._small.popitem(last=False)
+                self._small_bytes -= len(old)
+
+    def _forget_small(self, key: str) -> None:
+        with self._small_lock:
+            data = self._small.pop(key, None)
+            if data is not None:
+                self._small_bytes -= len(data)
 
     def _remember(self, key: str, path: object) -> None:
         """Keep where blob `key`'s file is: its next hit reads no index (the adopter, which
@@ -473,17 +543,16 @@ class BlobCache(Downloads):
     def _attach(self, key: str, size: int) -> BlobReader:
         """Join the key's download, starting one if there is none (pin already taken)."""
         try:
-            fd, dl = self._join(key, size)
+            fd, dl, mem = self._join(key, size)
         except BaseException:
             self._unpin(key)
             raise
-        if dl is None:
-            # It reached the cache in between (the pin taken by open() covers it).
-            return BlobReader(self, key, size, fd, None)
-        return BlobReader(self, key, size, fd, dl)
+        # dl None: it reached the cache in between (the pin taken by open() covers it).
+        return BlobReader(self, key, size, fd, dl, mem)
 
-    def _join(self, key: str, size: int) -> tuple[int, _Download | None]:
-        """An fd on the key's bytes: a dup of an in-flight download's, or the cached file's."""
+    def _join(self, key: str, size: int) -> tuple[int, _Download | None, bytes | bytearray | None]:
+        """(fd, download, bytes) of the key: a dup of an in-flight download's fd (or its
+        memory, for a small blob), or the cached file's fd (or bytes)."""
         for _ in range(5):
             with self._lock:
                 dl = self._inflight.get(key)
@@ -492,12 +561,13 @@ class BlobCache(Downloads):
                 if dl is not None:
                     # dl.rfd stays open until the download leaves _inflight (under this lock),
                     # so the dup works even after the partial file was renamed or unlinked.
-                    return os.dup(dl.rfd), dl
+                    return (os.dup(dl.rfd) if dl.rfd >= 0 else -1), dl, dl.mem
             cached = self._open_cached(key, size)
             if cached is not None:
-                fd = os.dup(cached._fd)
+                fd = os.dup(cached._fd) if cached._fd >= 0 else -1
+                mem = cached._mem
                 cached.close()
-                return fd, None
+                return fd, None, mem
         raise Unreachable(f"blob {key[:12]}: the cache keeps changing under this read; try again")
 
     def _release(self, reader: BlobReader) -> None:
@@ -505,6 +575,8 @@ class BlobCache(Downloads):
             with contextlib.suppress(OSError):
                 os.close(reader._fd)
             reader._fd = -1
+        if reader._open:
+            reader._open = False
             self._unpin(reader.key)
 
     def _unpin(self, key: str) -> None:
@@ -543,6 +615,7 @@ class BlobCache(Downloads):
                     skipped += 1
                 elif self._dc.delete(key):
                     self._known.pop(key, None)
+                    self._forget_small(key)
                     excess -= int(size or 0)
 
     def _clean_partials(self) -> None:

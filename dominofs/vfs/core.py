@@ -106,7 +106,7 @@ class VFS(NameOps):
         self.prefetcher = Prefetcher(
             self.ns, cache, requests=prefetch_requests, budget=prefetch_bytes
         )
-        self._status = StatusView(remote, self.ns, cache, self.prefetcher)
+        self._status = StatusView(remote, self.ns, cache, self.prefetcher, self._lock)
         self._outbox = None if self.read_only else outbox
         self.uploads = None
         cache.on_failed = self._on_blob_failed

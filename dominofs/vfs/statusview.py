@@ -10,6 +10,7 @@ Must not change anything it reads.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -26,8 +27,14 @@ class StatusView:
     """Renders one mount's status; the local-only totals are recomputed at most every 2 s."""
 
     def __init__(
-        self, remote: Remote, ns: Namespace, cache: BlobCache, prefetcher: Prefetcher
+        self,
+        remote: Remote,
+        ns: Namespace,
+        cache: BlobCache,
+        prefetcher: Prefetcher,
+        lock: threading.Lock,
     ) -> None:
+        self._lock = lock  # the VFS's: a close moves a write from "open" to "queued" under it
         self._remote = remote
         self._ns = ns
         self._cache = cache
@@ -84,14 +91,19 @@ class StatusView:
         return totals
 
     def _outbox_status(self, out: dict[str, Any], outbox: Outbox, has_error: bool) -> None:
-        st = outbox.status()
+        # Both under the VFS lock: a close that queued its write between the two reads was
+        # counted in neither (`dominofs status --wait` returned with an upload still to come).
+        with self._lock:
+            st = outbox.status()
+            # Written but not queued yet (still open, or closed a moment ago): pending too.
+            unqueued: list[str] = []
+            for node in list(self._ns.writing.values()):
+                if node.dirty and node.names:
+                    unqueued += [
+                        p[1:] for p in node.names if not self._ns.is_local_only(p, node.mode)
+                    ]
         for k in ("pending_uploads", "pending", "failed", "conflicts"):
             out[k] = st[k]
-        # Written but not queued yet (still open, or closed a moment ago): pending too.
-        unqueued: list[str] = []
-        for node in list(self._ns.writing.values()):
-            if node.dirty and node.names:
-                unqueued += [p[1:] for p in node.names if not self._ns.is_local_only(p, node.mode)]
         out["pending_uploads"] += len(unqueued)
         out["pending"] = [*out["pending"], *({"path": p, "op": "write"} for p in unqueued)]
         out["deletions_kept_local"] = st["deletions_kept_local"]

@@ -572,3 +572,33 @@ def test_first_bytes_are_served_while_the_server_holds_the_rest(tmp_path: Path) 
     assert read_all(cache, key, len(data)) == data
     cache.close()
     client.close()
+
+
+def test_small_blobs_need_no_file_and_survive_a_reopen(tmp_path: Path) -> None:
+    # A small blob is received into memory and kept in the index itself: no partial file, no
+    # blob file (a new inode costs a millisecond of system CPU on this VM).
+    blobs = dict(blob(10 * 1024, seed) for seed in range(20))
+    fetch = FakeFetcher(blobs)
+    cache = make(tmp_path, fetch)
+    for key, data in blobs.items():
+        assert read_all(cache, key, len(data)) == data
+    files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.suffix == ".val"]
+    assert files == []
+    assert not any((tmp_path / "cache" / "partial").iterdir())
+    cache.close()
+    again = make(tmp_path, fetch)
+    assert all(read_all(again, k, len(d)) == d for k, d in blobs.items())
+    assert len(fetch.calls) == len(blobs)  # every blob came from the index the second time
+    again.close()
+
+
+def test_a_corrupt_small_blob_is_never_cached(tmp_path: Path) -> None:
+    key, data = blob(4096)
+    fetch = FakeFetcher({key: b"z" + data[1:]})
+    cache = make(tmp_path, fetch)
+    with pytest.raises(IntegrityError):
+        read_all(cache, key, len(data))
+    assert not cache.contains(key)
+    fetch.blobs[key] = data
+    assert read_all(cache, key, len(data)) == data
+    cache.close()
