@@ -166,7 +166,8 @@ def test_a_slow_listing_is_asked_for_less_often_after_our_uploads(
     h.write("/new.txt", b"new")
     h.settled()
     wait_for(lambda: h.vfs.tree.file("new.txt") is not None, what="the new commit is seen")
-    assert h.vfs._poller.cost > 0  # the listing that showed our upload was timed
+    # The listing that showed our upload was timed (just after the tree was swapped in).
+    wait_for(lambda: h.vfs._poller.cost > 0, what="the listing timed")
 
     def quiet_for(cost: float) -> float:
         h.vfs._poller.cost = cost
