@@ -12,7 +12,7 @@ Layout and why:
   a file diskcache accounts and deletes, in one level of 256 folders kept once made (diskcache's
   own two random levels made a new folder, a new inode, for nearly every blob).
 - A download streams into `partial/<random>` inside the same directory (same filesystem). When it
-  is complete and verified, `_BlobDisk.store` *renames* that file into diskcache's layout: the
+  is complete and verified, `BlobDisk.store` *renames* that file into diskcache's layout: the
   bytes are moved, never copied (diskcache's `set(read=True)` would copy them). A short download
   or a hash mismatch is unlinked and never enters the index; the next read retries.
 - Readers keep an fd of the blob file and read it with `os.pread` (or `preadv` straight into
@@ -41,70 +41,23 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import diskcache
 
+from .cachedisk import BlobDisk, MoveIn, private_index, read_small
 from .config import ensure_private_dir
-from .downloads import Downloads, Fetch, Workers, _Download
+from .downloads import SMALL_BLOB, Downloads, Fetch, Workers, _Download
 from .errors import Unreachable
 
 log = logging.getLogger(__name__)
 
-_MODE_BINARY = 2  # diskcache.core.MODE_BINARY
 _ADOPT_BATCH = 256  # adopted files moved into the index per SQLite transaction
 _CULL_BATCH = 64  # eviction candidates read per query, oldest first
-_MADE: set[str] = set()  # blob folders known to exist (they are never removed)
 _SMALL_BYTES = 32 << 20  # small blobs also kept in memory, at most (their hits read no index)
 _KNOWN_MAX = 1 << 20  # blob files whose place this process remembers (no index read on a hit)
 _TOUCH_EVERY = 2.0  # seconds between writes of the hits' last-use times
-
-
-@dataclass(slots=True)
-class _MoveIn:
-    """A value for `_BlobDisk.store`: move this finished file into the cache (`dest`: where
-    it went)."""
-
-    path: str
-    size: int
-    dest: str = ""
-
-
-class _BlobDisk(diskcache.Disk):  # type: ignore[misc]
-    """diskcache's Disk, plus storing a finished download by renaming it into place, in one
-    level of at most 256 folders that are kept once made.
-
-    diskcache's own layout is two random levels (65,536 folders), removed when emptied: nearly
-    every blob stored made a folder or two, and evicting it removed them. Each new folder is a
-    new inode, which costs (see the outbox's staging files); 256 folders of a 10 GiB cache of
-    10 KiB blobs hold about 4,000 files each, which ext4's hashed directories handle well.
-    """
-
-    def filename(self, key: Any = diskcache.UNKNOWN, value: Any = diskcache.UNKNOWN) -> Any:
-        name = os.urandom(16).hex()
-        filename = os.path.join(name[:2], name[2:] + ".val")
-        return filename, os.path.join(self._directory, filename)
-
-    def store(self, value: Any, read: bool, key: Any = diskcache.UNKNOWN) -> Any:
-        if isinstance(value, _MoveIn):
-            filename, full_path = self.filename(key, value)
-            folder = os.path.dirname(full_path)
-            if folder not in _MADE:  # one level of 256 folders, kept once made
-                _private_dirs(self._directory, folder)
-                _MADE.add(folder)
-            os.rename(value.path, full_path)
-            value.dest = full_path
-            os.chmod(full_path, 0o600)  # an adopted upload keeps the mode it was staged with
-            return value.size, _MODE_BINARY, filename, None
-        return super().store(value, read, key)
-
-    def remove(self, file_path: str) -> None:
-        # The file only: an emptied folder stays for the next blob (and a store racing with a
-        # removal never finds its folder gone).
-        with contextlib.suppress(OSError):
-            os.remove(os.path.join(self._directory, file_path))
 
 
 class BlobReader:
@@ -195,8 +148,8 @@ class BlobCache(Downloads):
         self._range_gap = range_gap
         self._range_span = range_span
         self._dc = diskcache.Cache(
-            str(_private_index(self.directory / "blobs")),
-            disk=_BlobDisk,
+            str(private_index(self.directory / "blobs")),
+            disk=BlobDisk,
             size_limit=size_limit,
             eviction_policy="least-recently-used",
             cull_limit=0,  # we cull ourselves, skipping pinned keys
@@ -381,8 +334,17 @@ class BlobCache(Downloads):
                             data = self._small.get(key)
                             if data is not None and key not in self._dc:
                                 self._dc.set(key, bytes(data))
-                        elif key not in self._dc:
-                            move = _MoveIn(path, size)
+                        elif key in self._dc:
+                            pass
+                        elif size <= SMALL_BLOB:
+                            # Kept in the index like a small download. The file's inode is
+                            # then free for the local layer to reuse (a new one costs more).
+                            data = read_small(path, size)
+                            if data is not None:
+                                self._dc.set(key, data)
+                                self._keep_small(key, data)
+                        else:
+                            move = MoveIn(path, size)
                             self._dc.set(key, move)
                             self._known[key] = move.dest
                     except OSError as exc:  # this file only: the others still move in
@@ -626,31 +588,3 @@ class BlobCache(Downloads):
                 with contextlib.suppress(OSError):
                     if entry.stat().st_mtime < cutoff:
                         os.unlink(entry.path)
-
-
-def _private_dirs(root: str, path: str) -> None:
-    """Create `path` and its missing parents below `root`, each 0700 (os.makedirs gives the
-    parents the umask's mode)."""
-    if path == root or os.path.isdir(path):
-        return
-    _private_dirs(root, os.path.dirname(path))
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
-
-
-def _private_index(directory: Path) -> Path:
-    """Make diskcache's folder 0700 and its index 0600 before diskcache opens it.
-
-    SQLite creates the database with the umask's mode (0644) and gives its -wal and -shm files
-    the database's mode; an index created here, empty, is one SQLite takes as a new database.
-    Shard folders are made 0700 by `_BlobDisk.store`, blob files are renamed in as 0600.
-    """
-    ensure_private_dir(directory)
-    for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
-        path = directory / name
-        if name == "cache.db":
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(path).st_mode & 0o077:
-                os.chmod(path, 0o600)
-    return directory

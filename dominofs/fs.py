@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -25,6 +26,22 @@ import mfusepy
 from .vfs import UTIME_NOW, UTIME_OMIT, VFS, Opened
 
 log = logging.getLogger(__name__)
+
+# libfuse's worker threads are not Python's: ctypes gives each callback on them a new Python
+# thread state and drops it at the return, so whatever a thread keeps in a threading.local
+# (diskcache's SQLite connection, a keep-alive socket) was made again at every call: a cold
+# `cat` of 300 small files opened the cache's database 222 times. One extra PyGILState_Ensure
+# per worker, never released, keeps its thread state for the worker's life (ten at most).
+_pinned: set[int] = set()
+_pythonapi: Any = ctypes.pythonapi
+
+
+def _pin_thread_state() -> None:
+    ident = threading.get_ident()
+    if ident not in _pinned:
+        _pythonapi.PyGILState_Ensure()
+        _pinned.add(ident)
+
 
 NEGATIVE_TIMEOUT = 1.0  # a name the server adds is not invalidated: it shows within 1 s
 
@@ -111,6 +128,7 @@ class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
 
     def _wrapper(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
         # The one errno mapping: errors.* carry their errno; everything else is EIO.
+        _pin_thread_state()
         try:
             try:
                 return int(func(*args, **kwargs) or 0)

@@ -6,6 +6,8 @@ mode, owner, group, times in ns, size, device number, symlink target; where its 
 names that lead to each inode (several for a hard link), and the whiteouts (names of the remote
 tree deleted or moved away here). The folder holds the bytes of every file written here until
 the blob cache takes them (after their upload) and, for good, the bytes of what is local only.
+An uploaded small file's bytes file is emptied and reused by a later new file, and a few spare
+ones are made ahead (a new inode costs this VM's ext4 a millisecond; reuse costs 0.02 ms).
 
 Durability: what `commit` writes survives a crash of the process (WAL, synchronous=NORMAL);
 `commit(durable=True)` (fsync(2)) also survives a power loss (FULL, and the bytes folder
@@ -25,6 +27,7 @@ import logging
 import os
 import sqlite3
 import uuid
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +39,11 @@ log = logging.getLogger(__name__)
 
 ROOT_INO = 1
 _SHARDS = 16  # folders of the bytes folder
+# Emptied bytes files kept for reuse. Making a file costs this VM's ext4 (no journal) 1-1.4 ms
+# of system CPU, most of it stepping over recently deleted inodes; truncating one costs 0.02.
+_POOL = 256
+_POOL_LARGEST = 64 * 1024  # a larger uploaded file is removed at once, not held for reuse
+_POOL_TRIES = 3  # looks at a kept file still linked elsewhere before it is removed
 SCHEMA_VERSION = "1"
 
 _SCHEMA = """
@@ -141,7 +149,8 @@ def _s(raw: bytes | str) -> str:
 
 class Layer:
     """One mount's local layer on disk (see the module docstring). Not thread-safe: the caller
-    serialises every call (the VFS holds its lock)."""
+    serialises every call (the VFS holds its lock), except new_work and prepare, which touch
+    only the spare files' queue (a deque: its appends and pops are atomic)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = ensure_private_dir(Path(directory))
@@ -162,6 +171,9 @@ class Layer:
         self._names: dict[str, int | None] = {}  # None: the name is gone
         self._whiteouts: dict[str, bool] = {}
         self._later: list[Path] = []  # files to remove once the batch naming them is written
+        self._later_pool: list[str] = []  # ... or to keep for reuse
+        self._pool: deque[tuple[str, int]] = deque()  # (name, looks) unnamed, maybe reusable
+        self._closed = False
         self._new_files: set[int] = set()  # shards with a file made since they were fsynced
 
     # -- reading ---------------------------------------------------------------------------
@@ -201,28 +213,81 @@ class Layer:
     def new_work(self) -> tuple[str, int]:
         """A new empty bytes file: (its name, a read-write fd on it).
 
-        Files go to _SHARDS folders in turn: one folder's lock taken by a create and by the
-        removal of an uploaded file at once made creates on this VM's ext4 twice as slow.
+        A kept file no other name links (the outbox's staged copy and the cache's adoption are
+        links to it) is emptied and reused. New files go to _SHARDS folders in turn: one
+        folder's lock taken by a create and by a removal at once made creates twice as slow.
         """
+        for _ in range(min(4, len(self._pool))):
+            name, looks = self._pool.popleft()
+            fd = self._reuse(name)
+            if fd is not None:
+                self._new_files.add(int(name.split("/", 1)[0], 16))
+                return name, fd
+            if looks + 1 < _POOL_TRIES and (self.data_dir / name).exists():
+                self._pool.append((name, looks + 1))
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.data_dir / name).unlink()
         self._turn = (self._turn + 1) % _SHARDS
         name = f"{self._turn:x}/w-{uuid.uuid4().hex}"
         fd = os.open(self.data_dir / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self._new_files.add(self._turn)
         return name, fd
 
+    def prepare(self, spares: int) -> None:
+        """Make empty bytes files for new_work until `spares` are kept (before a burst of
+        creates: the first ones then cost no new inode either). Safe beside new_work."""
+        while len(self._pool) < spares and not self._closed:
+            self._turn = (self._turn + 1) % _SHARDS
+            name = f"{self._turn:x}/w-{uuid.uuid4().hex}"
+            try:
+                os.close(os.open(self.data_dir / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            except OSError as exc:
+                log.debug("no spare bytes files: %s", exc)
+                return
+            self._pool.append((name, 0))
+
+    def _reuse(self, name: str) -> int | None:
+        """A read-write fd on kept file `name`, emptied, when nothing else links it."""
+        try:
+            fd = os.open(self.data_dir / name, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            if os.fstat(fd).st_nlink == 1:
+                os.ftruncate(fd, 0)
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+        return None
+
+    def recycle_later(self, work: str, size: int) -> None:
+        """Like unlink_later for bytes file `work`, which may be kept for a later new_work."""
+        if size <= _POOL_LARGEST:
+            self._later_pool.append(work)
+        else:
+            self.unlink_later(self.data_dir / work)
+
     def path_of(self, work: str) -> Path:
         return self.data_dir / work
 
     def sweep(self, claimed: Iterable[str]) -> int:
-        """Remove bytes files no inode names (a crash between making one and saving its inode).
-        Returns how many went."""
+        """Remove bytes files no inode names (a crash between making one and saving its inode),
+        or keep small ones for reuse. Returns how many went."""
         keep = set(claimed)
         gone = 0
         for child in self.data_dir.glob("*/*"):
-            if f"{child.parent.name}/{child.name}" not in keep:
-                with contextlib.suppress(FileNotFoundError):
-                    child.unlink()
-                gone += 1
+            name = f"{child.parent.name}/{child.name}"
+            if name in keep:
+                continue
+            gone += 1
+            with contextlib.suppress(OSError):
+                if len(self._pool) < _POOL and child.stat().st_size <= _POOL_LARGEST:
+                    self._pool.append((name, 0))
+                    continue
+            with contextlib.suppress(FileNotFoundError):
+                child.unlink()
         return gone
 
     # -- changing (batched until commit) -----------------------------------------------------
@@ -260,11 +325,7 @@ class Layer:
             OSError: the disk refused (sqlite3 errors are turned into OSError(EIO)).
         """
         if not self.dirty and not durable:
-            if self._later:
-                later, self._later = self._later, []
-                for path in later:
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
+            self._settle_later()
             return
         inodes, dropped, names, whiteouts = (
             self._inodes,
@@ -321,14 +382,29 @@ class Layer:
             shards, self._new_files = self._new_files, set()
             for shard in shards:
                 fsync_dir(self.data_dir / f"{shard:x}")
+        self._settle_later()
+
+    def _settle_later(self) -> None:
         later, self._later = self._later, []
         for path in later:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        pooled, self._later_pool = self._later_pool, []
+        for name in pooled:
+            if len(self._pool) < _POOL:
+                self._pool.append((name, 0))
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.data_dir / name).unlink()
 
     def close(self) -> None:
+        self._closed = True
         with contextlib.suppress(OSError):
             self.commit()
+        # Kept files hold old bytes until reused: none stays behind the mount.
+        while self._pool:
+            with contextlib.suppress(FileNotFoundError):
+                (self.data_dir / self._pool.popleft()[0]).unlink()
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
 

@@ -45,6 +45,8 @@ from .uploads import Uploads
 
 log = logging.getLogger(__name__)
 
+_SPARES = 256  # empty bytes files the layer keeps made for new files (see Layer.prepare)
+
 
 class VFS(NameOps):
     """One mounted project (see the module docstring)."""
@@ -161,7 +163,11 @@ class VFS(NameOps):
 
     def start(self) -> None:
         """Start polling the head commit (not for a pinned commit; with an interval of 0, only
-        after this mount's own uploads)."""
+        after this mount's own uploads), and make the layer's spare bytes files."""
+        if self.layer is not None and not self.read_only:
+            threading.Thread(
+                target=self.layer.prepare, args=(_SPARES,), name="layer-spares", daemon=True
+            ).start()
         if self.pinned or (self.poll_interval <= 0 and self._outbox is None):
             return
         self._poller.start()

@@ -195,7 +195,7 @@ class Uploads:
                         # change is written with the next batch (a crash before it re-sends
                         # the same bytes, which the outbox recognises): one transaction less
                         # per upload.
-                        self.layer.unlink_later(self.layer.path_of(node.work))
+                        self.layer.recycle_later(node.work, node.size)
                         node.work, node.key = None, result.key
                 self.ns.save(node)
         self._wake()

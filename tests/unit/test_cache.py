@@ -237,8 +237,9 @@ def test_blob_open_for_reading_is_never_evicted(tmp_path: Path) -> None:
 def test_eviction_walks_past_more_pinned_blobs_than_one_batch(tmp_path: Path) -> None:
     # Eviction reads the oldest rows a batch at a time: blobs open for reading at the front of
     # the order (more than a batch of them) are skipped, and the next oldest go.
-    old = [blob(4096, seed) for seed in range(70)]
-    new = [blob(4096, seed) for seed in range(70, 170)]
+    size = 40 * 1024  # kept in files (smaller ones live in the index)
+    old = [blob(size, seed) for seed in range(70)]
+    new = [blob(size, seed) for seed in range(70, 170)]
     cache = make(tmp_path, FakeFetcher({}), limit=1 << 30)
     adopt_files(cache, tmp_path, old, "o")
     moved_in(cache)
@@ -246,7 +247,7 @@ def test_eviction_walks_past_more_pinned_blobs_than_one_batch(tmp_path: Path) ->
     time.sleep(0.05)
     adopt_files(cache, tmp_path, new, "n")
     moved_in(cache)
-    cache.size_limit = cache.volume() - 10 * 4096  # about ten blobs too many
+    cache.size_limit = cache.volume() - 10 * size  # about ten blobs too many
     cache._cull()
     assert all(cache.contains(key) for key, _ in old)
     gone = [key for key, _ in new if not cache.contains(key)]
@@ -500,7 +501,8 @@ def test_close_moves_pending_adoptions_in(tmp_path: Path) -> None:
 def test_blobs_live_one_folder_deep_and_eviction_keeps_the_folders(tmp_path: Path) -> None:
     # diskcache's own layout made a folder or two per blob (and removed them on eviction):
     # each is a new inode. Ours is one level of at most 256 folders, kept once made.
-    blobs = [blob(4096, seed) for seed in range(300)]
+    size = 40 * 1024  # above the small blobs the index holds itself
+    blobs = [blob(size, seed) for seed in range(300)]
     cache = make(tmp_path, FakeFetcher({}))
     adopt_files(cache, tmp_path, blobs, "s")
     cache.close()  # moves every adoption in
@@ -517,8 +519,8 @@ def test_blobs_live_one_folder_deep_and_eviction_keeps_the_folders(tmp_path: Pat
     assert all(f.is_file() and f.suffix == ".val" for f in files)
 
     # A small limit evicts most of them: the files go, every folder stays.
-    small = make(tmp_path, FakeFetcher({}), limit=150 * 4096)  # the index counts too
-    key, data = blob(4096, 999)
+    small = make(tmp_path, FakeFetcher({}), limit=150 * size)  # the index counts too
+    key, data = blob(size, 999)
     (tmp_path / "last").write_bytes(data)
     assert small.adopt(key, tmp_path / "last", len(data))
     small.close()
@@ -529,6 +531,29 @@ def test_blobs_live_one_folder_deep_and_eviction_keeps_the_folders(tmp_path: Pat
     kept = [(k, d) for k, d in [*blobs, (key, data)] if reopened.contains(k)]
     assert len(kept) == len(left)
     assert all(read_all(reopened, k, len(d)) == d for k, d in kept)
+    reopened.close()
+
+
+def test_small_adopted_file_is_kept_in_the_index_and_its_file_let_go(tmp_path: Path) -> None:
+    # The uploaded file's inode is not linked into the cache: the local layer reuses it.
+    (key, data), (bad_key, bad) = blob(10 * 1024, 1), blob(10 * 1024, 2)
+    cache = make(tmp_path, FakeFetcher({}))
+    staged, wrong = tmp_path / "staged", tmp_path / "wrong"
+    staged.write_bytes(data)
+    wrong.write_bytes(bad[:-1])  # not the size the upload reported
+    assert cache.adopt(key, staged, len(data))
+    assert cache.adopt(bad_key, wrong, len(bad))
+    moved_in(cache)
+    assert not staged.exists()
+    assert not wrong.exists()
+    assert read_all(cache, key, len(data)) == data
+    assert not cache.contains(bad_key)
+    cache.close()
+    blob_files = [f for f in (tmp_path / "cache" / "blobs").rglob("*.val")]
+    assert blob_files == []
+    reopened = make(tmp_path, FakeFetcher({}))
+    assert read_all(reopened, key, len(data)) == data
+    assert not reopened.contains(bad_key)
     reopened.close()
 
 

@@ -1,0 +1,93 @@
+"""The local layer's bytes files: emptied ones are reused, never while anything else links them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dominofs.layer import Layer
+
+
+def write(layer: Layer, data: bytes) -> str:
+    name, fd = layer.new_work()
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    return name
+
+
+def test_an_uploaded_small_file_is_emptied_and_reused(tmp_path: Path) -> None:
+    layer = Layer(tmp_path / "layer")
+    name = write(layer, b"old bytes")
+    inode = layer.path_of(name).stat().st_ino
+    layer.recycle_later(name, 9)
+    assert layer.path_of(name).read_bytes() == b"old bytes"  # kept until the batch is written
+    layer.commit()
+    again, fd = layer.new_work()
+    try:
+        assert again == name
+        assert os.fstat(fd).st_ino == inode
+        assert os.fstat(fd).st_size == 0
+        assert os.pread(fd, 100, 0) == b""
+    finally:
+        os.close(fd)
+    layer.close()
+
+
+def test_a_file_linked_elsewhere_is_never_emptied(tmp_path: Path) -> None:
+    # The outbox's staged copy and the cache's adoption are hard links to the same inode.
+    layer = Layer(tmp_path / "layer")
+    name = write(layer, b"still being sent")
+    staged = tmp_path / "staged"
+    os.link(layer.path_of(name), staged)
+    layer.recycle_later(name, 16)
+    layer.commit()
+    made = []
+    for _ in range(4):
+        other, fd = layer.new_work()
+        os.close(fd)
+        made.append(other)
+    assert name not in made
+    assert staged.read_bytes() == b"still being sent"
+    assert not layer.path_of(name).exists()  # given up on after a few looks: its name went
+    layer.close()
+
+
+def test_large_files_are_removed_not_kept(tmp_path: Path) -> None:
+    layer = Layer(tmp_path / "layer")
+    name = write(layer, b"x" * (1 << 20))
+    layer.recycle_later(name, 1 << 20)
+    layer.commit()
+    assert not layer.path_of(name).exists()
+    layer.close()
+
+
+def test_spares_and_kept_files_do_not_outlive_the_mount(tmp_path: Path) -> None:
+    layer = Layer(tmp_path / "layer")
+    layer.prepare(8)
+    kept = write(layer, b"abc")
+    layer.recycle_later(kept, 3)
+    layer.commit()
+    assert len(list(layer.data_dir.glob("*/*"))) == 8  # one spare was used for `kept`
+    layer.close()
+    assert list(layer.data_dir.glob("*/*")) == []
+
+
+def test_a_restart_keeps_small_unnamed_files_for_reuse_and_removes_large_ones(
+    tmp_path: Path,
+) -> None:
+    layer = Layer(tmp_path / "layer")
+    named = write(layer, b"named")
+    small = write(layer, b"left by a crash")
+    large = write(layer, b"y" * (1 << 20))
+    layer._db.close()  # a crash: nothing tidied
+    layer = Layer(tmp_path / "layer")
+    assert layer.sweep([named]) == 2
+    assert not layer.path_of(large).exists()
+    assert layer.path_of(named).read_bytes() == b"named"
+    reused, fd = layer.new_work()
+    os.close(fd)
+    assert reused == small
+    assert layer.path_of(small).read_bytes() == b""
+    layer.close()
