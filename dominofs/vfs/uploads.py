@@ -92,6 +92,8 @@ class Uploads:
         """Queue every uploaded name of `node` (or just `names`) for after the delay (held:
         until it is queued again)."""
         when = time.time() + (_HELD if held else self.upload_delay)
+        if not held:
+            self.outbox.saving(self.upload_delay)
         for p in node.names if names is None else names:
             rel = self.remote_path(p, node)
             if rel is None:

@@ -162,6 +162,37 @@ def test_entry_due_sooner_is_sent_when_due(
     assert remote_bytes(remote, "soon.txt") == b"soon"
 
 
+def test_a_burst_of_saves_holds_uploads_until_saving_pauses(
+    tmp_path: Path, server: LocalServer, remote: ProjectClient
+):
+    sent: dict[str, float] = {}
+    box = Outbox(
+        tmp_path / "ob", remote, on_uploaded=lambda path, *_: sent.setdefault(path, time.time())
+    )
+    box.start()
+    for i in range(8):  # a save every 0.1 s for 0.8 s; each is due at once
+        box.saving(0.3)
+        box.enqueue_upload(f"b{i}.txt", stage(box, b"b%d" % i), base_key=None)
+        time.sleep(0.1)
+    assert sent == {}
+    last = time.time() - 0.1
+    wait_for(lambda: len(sent) == 8, 20, "the burst sent")
+    assert min(sent.values()) >= last + 0.25  # once saving paused for 0.3 s
+    # A burst longer than the longest hold (2 s) does not starve the queue.
+    sent.clear()
+    t0 = time.time()
+    i = 0
+    while time.time() - t0 < 3.0:
+        box.saving(0.3)
+        if i % 5 == 0:
+            box.enqueue_upload(f"long{i}.txt", stage(box, b"x"), base_key=None)
+        i += 1
+        time.sleep(0.05)
+    assert sent, "nothing sent during a 3 s burst"
+    assert min(sent.values()) - t0 < 2.7
+    box.close()
+
+
 def test_conflict_keeps_both_versions(tmp_path: Path, server: LocalServer, remote: ProjectClient):
     base = put(remote, "data/report.csv", b"original")
     put(remote, "data/report.csv", b"theirs")  # someone else changed it meanwhile
