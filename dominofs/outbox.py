@@ -10,7 +10,7 @@ answered 2xx. `enqueue_*` returns once the entry survives a crash of the process
 transaction); with durable=True (fsync(2)) it also survives a power loss (staged bytes, their
 directory and the queue are fsynced). The conflict check reads one listing of the head per batch
 of sendable entries (a view serving every entry queued before it was read), not one per entry.
-Uploads wait while a burst of saves goes on (at most 2 s: `saving`). The sending half is
+Uploads wait while a burst of saves goes on (at most 5 s: `saving`). The sending half is
 outboxsend.py, the records outboxrecords.py; this module is the queue and its public face.
 Must not import requests or api.py (it receives a `models.Remote`), and must not touch the
 watched tree or the mount: hooks tell the owner.
