@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import uuid
 from collections import deque
 from collections.abc import Iterable
@@ -174,6 +175,8 @@ class Layer:
         self._later_pool: list[str] = []  # ... or to keep for reuse
         self._pool: deque[tuple[str, int]] = deque()  # (name, looks) unnamed, maybe reusable
         self._closed = False
+        self._low = -1  # new_work asks keep_spares for more once the queue is this short
+        self._want_spares = threading.Event()
         self._new_files: set[int] = set()  # shards with a file made since they were fsynced
 
     # -- reading ---------------------------------------------------------------------------
@@ -217,6 +220,8 @@ class Layer:
         links to it) is emptied and reused. New files go to _SHARDS folders in turn: one
         folder's lock taken by a create and by a removal at once made creates twice as slow.
         """
+        if len(self._pool) <= self._low:
+            self._want_spares.set()
         for _ in range(min(4, len(self._pool))):
             name, looks = self._pool.popleft()
             fd = self._reuse(name)
@@ -233,6 +238,16 @@ class Layer:
         fd = os.open(self.data_dir / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self._new_files.add(self._turn)
         return name, fd
+
+    def keep_spares(self, spares: int) -> None:
+        """Keep about `spares` empty bytes files made ahead, on the calling thread until close:
+        once new files have taken half of them, more are made (on another core, while a burst
+        of creates takes them: the burst's own creates then make no inode)."""
+        self._low = spares // 2
+        while not self._closed:
+            self.prepare(spares)
+            self._want_spares.wait()
+            self._want_spares.clear()
 
     def prepare(self, spares: int) -> None:
         """Make empty bytes files for new_work until `spares` are kept (before a burst of
@@ -399,6 +414,7 @@ class Layer:
 
     def close(self) -> None:
         self._closed = True
+        self._want_spares.set()
         with contextlib.suppress(OSError):
             self.commit()
         # Kept files hold old bytes until reused: none stays behind the mount.

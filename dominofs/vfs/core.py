@@ -166,7 +166,7 @@ class VFS(NameOps):
         after this mount's own uploads), and make the layer's spare bytes files."""
         if self.layer is not None and not self.read_only:
             threading.Thread(
-                target=self.layer.prepare, args=(_SPARES,), name="layer-spares", daemon=True
+                target=self.layer.keep_spares, args=(_SPARES,), name="layer-spares", daemon=True
             ).start()
         if self.pinned or (self.poll_interval <= 0 and self._outbox is None):
             return

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dominofs.layer import Layer
@@ -91,3 +94,25 @@ def test_a_restart_keeps_small_unnamed_files_for_reuse_and_removes_large_ones(
     assert reused == small
     assert layer.path_of(small).read_bytes() == b""
     layer.close()
+
+
+def test_spares_are_made_again_once_new_files_took_half(tmp_path: Path) -> None:
+    layer = Layer(tmp_path / "layer")
+    keeper = threading.Thread(target=layer.keep_spares, args=(8,), daemon=True)
+    keeper.start()
+    wait_until(lambda: len(list(layer.data_dir.glob("*/*"))) == 8)
+    spares = set(layer.data_dir.glob("*/*"))
+    taken = [write(layer, b"new") for _ in range(5)]
+    assert {layer.path_of(n) for n in taken} <= spares  # no new inode for these
+    wait_until(lambda: len(list(layer.data_dir.glob("*/*"))) == 5 + 8)
+    layer.close()
+    keeper.join(5)
+    assert not keeper.is_alive()
+    assert sorted(layer.data_dir.glob("*/*")) == sorted(layer.path_of(n) for n in taken)
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
