@@ -339,7 +339,7 @@ class BlobCache(Downloads):
                         elif size <= SMALL_BLOB:
                             # Kept in the index like a small download. The file's inode is
                             # then free for the local layer to reuse (a new one costs more).
-                            data = read_small(path, size)
+                            data = read_small(path, size, key)
                             if data is not None:
                                 self._dc.set(key, data)
                                 self._keep_small(key, data)

@@ -9,6 +9,7 @@ is cache.py's.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,11 +68,14 @@ class BlobDisk(diskcache.Disk):  # type: ignore[misc]
             os.remove(os.path.join(self._directory, file_path))
 
 
-def read_small(path: str, size: int) -> bytes | None:
-    """The `size` bytes of adopted file `path`, or None when it holds anything else."""
+def read_small(path: str, size: int, key: str) -> bytes | None:
+    """The `size` bytes of adopted file `path` that are blob `key`, or None when it holds
+    anything else (a writer still open on the uploaded file may have changed it since)."""
     with open(path, "rb") as fh:
         data = fh.read(size + 1)
-    return data if len(data) == size else None
+    if len(data) != size or hashlib.sha1(data, usedforsecurity=False).hexdigest() != key:
+        return None
+    return data
 
 
 def private_dirs(root: str, path: str) -> None:

@@ -536,18 +536,22 @@ def test_blobs_live_one_folder_deep_and_eviction_keeps_the_folders(tmp_path: Pat
 
 def test_small_adopted_file_is_kept_in_the_index_and_its_file_let_go(tmp_path: Path) -> None:
     # The uploaded file's inode is not linked into the cache: the local layer reuses it.
-    (key, data), (bad_key, bad) = blob(10 * 1024, 1), blob(10 * 1024, 2)
+    (key, data), (bad_key, bad), (new_key, new) = (blob(10 * 1024, s) for s in (1, 2, 3))
     cache = make(tmp_path, FakeFetcher({}))
-    staged, wrong = tmp_path / "staged", tmp_path / "wrong"
+    staged, short, changed = tmp_path / "staged", tmp_path / "short", tmp_path / "changed"
     staged.write_bytes(data)
-    wrong.write_bytes(bad[:-1])  # not the size the upload reported
+    short.write_bytes(bad[:-1])  # not the size the upload reported
+    changed.write_bytes(new[:-1] + b"!")  # a writer changed it after the upload: same size
     assert cache.adopt(key, staged, len(data))
-    assert cache.adopt(bad_key, wrong, len(bad))
+    assert cache.adopt(bad_key, short, len(bad))
+    assert cache.adopt(new_key, changed, len(new))
     moved_in(cache)
     assert not staged.exists()
-    assert not wrong.exists()
+    assert not short.exists()
+    assert not changed.exists()
     assert read_all(cache, key, len(data)) == data
     assert not cache.contains(bad_key)
+    assert not cache.contains(new_key)
     cache.close()
     blob_files = [f for f in (tmp_path / "cache" / "blobs").rglob("*.val")]
     assert blob_files == []
