@@ -157,6 +157,7 @@ class BlobCache(Downloads):
         self._lock = threading.Lock()  # guards _inflight, _pins, counters
         # One index write at a time from this process: SQLite's busy handler would otherwise
         # put concurrent writers (a burst of uploads adopted at once) to sleep for ms each.
+        self._retry_lock = threading.Lock()  # one reattach of a failed download at a time
         self._index_lock = threading.Lock()
         self._inflight: dict[str, _Download] = {}
         self._workers = Workers("blob")

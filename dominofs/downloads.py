@@ -117,6 +117,7 @@ class Downloads:
     _inflight: dict[str, _Download]
     _workers: Workers
     _index_lock: threading.Lock
+    _retry_lock: threading.Lock
     _dc: Any
     _fetch: Fetch
     _verify: bool
@@ -169,9 +170,10 @@ class Downloads:
         if offset >= end:
             return 0
         dl = reader._dl
-        assert dl is not None
+        if dl is None:  # another of its reads saw it complete just now
+            return end - offset
         if dl.error is not None:
-            dl = self._retry(reader)
+            dl = self._retry(reader, dl)
             if dl is None:
                 return end - offset
         deadline = time.monotonic() + self._wait_timeout
@@ -208,13 +210,26 @@ class Downloads:
                 dl.wait(end if end < reader.size else reader.size + 1, min(remaining, 1.0))
         return end - offset
 
-    def _retry(self, reader: BlobReader) -> _Download | None:
-        """The reader's download failed earlier: reattach to a fresh one (or the cached blob)."""
-        fd, dl, mem = self._join(reader.key, reader.size)
-        if reader._fd >= 0:
-            os.close(reader._fd)
-        reader._fd, reader._dl, reader._mem = fd, dl, mem
-        return dl
+    def _retry(self, reader: BlobReader, failed: _Download) -> _Download | None:
+        """The reader's download `failed`: reattach to a fresh one (or the cached blob).
+
+        The kernel sends one open file's reads on several threads at once, and each that finds
+        the download failed comes here: the first reattaches, the others take what it found.
+        The reader's fd number stays open throughout (dup2 puts the new file under it), as
+        another of its reads may be in pread on it: closing it made those fail with EBADF.
+        """
+        with self._retry_lock:
+            if reader._dl is not failed:
+                return reader._dl
+            fd, dl, mem = self._join(reader.key, reader.size)
+            if fd >= 0 and reader._fd >= 0:
+                os.dup2(fd, reader._fd)
+                os.close(fd)
+            elif fd >= 0:
+                reader._fd = fd
+            # (fd < 0: the bytes are in memory; the old fd stays open, unused, until release)
+            reader._mem, reader._dl = mem, dl
+            return dl
 
     # -- downloading ---------------------------------------------------------------------
 

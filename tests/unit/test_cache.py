@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dominofs.cache import BlobCache
+from dominofs.cache import BlobCache, BlobReader
 from dominofs.errors import IntegrityError, Unreachable
 
 MiB = 1 << 20
@@ -631,3 +631,47 @@ def test_a_corrupt_small_blob_is_never_cached(tmp_path: Path) -> None:
     fetch.blobs[key] = data
     assert read_all(cache, key, len(data)) == data
     cache.close()
+
+
+def test_reads_racing_after_a_failed_download_retry_it_once_and_keep_a_good_fd(
+    tmp_path: Path,
+) -> None:
+    # The kernel sends one open file's reads on several threads at once: each that finds the
+    # download failed retries it. The reader's fd must stay open for all of them.
+    blobs = dict(blob(2 * MiB, seed) for seed in range(20))
+    fetch = FakeFetcher(blobs)
+    cache = make(tmp_path, fetch)
+    for key, data in blobs.items():
+        fetch.fail = Unreachable("down")
+        r = cache.open(key, len(data))
+        with pytest.raises(Unreachable):
+            r.read(4096, 0)
+        fetch.fail = None
+        got, errors = racing_reads(r, [i * 65536 for i in range(8)], 65536)
+        assert errors == []
+        assert all(got[o] == data[o : o + 65536] for o in got)
+        r.close()
+    cache.close()
+
+
+def racing_reads(
+    r: BlobReader, offsets: list[int], size: int
+) -> tuple[dict[int, bytes], list[BaseException]]:
+    """`r.read(size, offset)` for each offset, on threads let go at once."""
+    start = threading.Barrier(len(offsets))
+    got: dict[int, bytes] = {}
+    errors: list[BaseException] = []
+
+    def read_at(offset: int) -> None:
+        start.wait()
+        try:
+            got[offset] = r.read(size, offset)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read_at, args=(o,)) for o in offsets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    return got, errors
