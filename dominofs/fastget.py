@@ -37,6 +37,17 @@ class Headers(dict[str, str]):
         return super().get(key.lower(), default)
 
 
+class _Slot:
+    """One thread's keep-alive socket, and whether an answer is being read from it. An answer
+    may be finished on another thread: it updates the slot of the thread that asked."""
+
+    __slots__ = ("busy", "sock")
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.busy = False
+
+
 class FastGet:
     """Raw keep-alive GETs to one http:// server, one connection per calling thread."""
 
@@ -69,10 +80,12 @@ class FastGet:
             OSError (refused, reset, timed out), http.client.HTTPException (a broken answer),
             Unframed: the connection is dropped.
         """
-        shared = not getattr(self._local, "busy", False)
-        sock = self._socket() if shared else self._connect()
-        if shared:
-            self._local.busy = True
+        slot: _Slot | None = self._slot()
+        if slot is not None and slot.busy:
+            slot = None  # a second answer on this thread meanwhile: a connection of its own
+        sock = self._socket(slot) if slot is not None else self._connect()
+        if slot is not None:
+            slot.busy = True
         extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
         request = b"GET " + (self._prefix + path).encode("ascii") + b" HTTP/1.1\r\n"
         try:
@@ -85,11 +98,11 @@ class FastGet:
                 raise Unframed("no Content-Length")
             keep = (head.get("connection") or "").lower() != "close"
         except BaseException:
-            self._finish(sock, shared, reuse=False)
+            self._finish(sock, slot, reuse=False)
             raise
         body = _Body(sock, rest, int(length))
         return FastResponse(
-            status, head, body, lambda done: self._finish(sock, shared, reuse=done and keep)
+            status, head, body, lambda done: self._finish(sock, slot, reuse=done and keep)
         )
 
     def close(self) -> None:
@@ -103,14 +116,19 @@ class FastGet:
         with contextlib.suppress(Exception):
             self.close()
 
-    def _socket(self) -> socket.socket:
-        sock: socket.socket | None = getattr(self._local, "sock", None)
+    def _slot(self) -> _Slot:
+        slot: _Slot | None = getattr(self._local, "slot", None)
+        if slot is None:
+            slot = self._local.slot = _Slot()
+        return slot
+
+    def _socket(self, slot: _Slot) -> socket.socket:
+        sock = slot.sock
         if sock is not None and _dropped(sock):
-            self._drop(sock)  # the server closed it while idle: do not send into it
+            self._drop(sock, slot)  # the server closed it while idle: do not send into it
             sock = None
         if sock is None:
-            sock = self._connect()
-            self._local.sock = sock
+            sock = slot.sock = self._connect()
             with self._lock:
                 self._all.add(sock)
         return sock
@@ -121,18 +139,18 @@ class FastGet:
         sock.settimeout(self._read_timeout)
         return sock
 
-    def _finish(self, sock: socket.socket, shared: bool, *, reuse: bool) -> None:
-        if shared:
-            self._local.busy = False
+    def _finish(self, sock: socket.socket, slot: _Slot | None, *, reuse: bool) -> None:
+        if slot is not None:
             if not reuse:
-                self._drop(sock)
+                self._drop(sock, slot)
+            slot.busy = False
         else:
             sock.close()
 
-    def _drop(self, sock: socket.socket) -> None:
+    def _drop(self, sock: socket.socket, slot: _Slot) -> None:
         sock.close()
-        if getattr(self._local, "sock", None) is sock:
-            self._local.sock = None
+        if slot.sock is sock:
+            slot.sock = None
         with self._lock:
             self._all.discard(sock)
 

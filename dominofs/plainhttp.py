@@ -36,6 +36,17 @@ class Answer:
     complete: bool  # False when the body was longer than `max_body`
 
 
+class _Slot:
+    """One thread's keep-alive connection, and whether a streamed answer is being read from it.
+    A stream may be finished on another thread: it updates the slot of the thread that asked."""
+
+    __slots__ = ("busy", "conn")
+
+    def __init__(self) -> None:
+        self.conn: http.client.HTTPConnection | None = None
+        self.busy = False
+
+
 class PlainHTTP:
     """Keep-alive connections to one http:// server, one per calling thread."""
 
@@ -76,7 +87,8 @@ class PlainHTTP:
             OSError (refused, reset, timed out), http.client.HTTPException (a broken answer):
             the connection is dropped, the caller decides whether to send again.
         """
-        conn = self._connection()
+        slot = self._slot()
+        conn = self._connection(slot)
         try:
             conn.request(
                 method, self._prefix + path, body=body, headers={**self._headers, **headers}
@@ -84,11 +96,11 @@ class PlainHTTP:
             resp = conn.getresponse()
             data = resp.read(max_body + 1)
         except BaseException:
-            self._drop(conn)
+            self._drop(conn, slot)
             raise
         complete = len(data) <= max_body
         if resp.will_close or not complete or not resp.isclosed():
-            self._drop(conn)
+            self._drop(conn, slot)
         return Answer(resp.status, resp.msg, data[:max_body], complete)
 
     def open(self, path: str, headers: Mapping[str, str]) -> PlainResponse:
@@ -99,23 +111,25 @@ class PlainHTTP:
         Raises:
             OSError, http.client.HTTPException: as `send`.
         """
-        shared = not getattr(self._local, "busy", False)
-        conn = self._connection() if shared else self._new_connection()
-        if shared:
-            self._local.busy = True
+        slot: _Slot | None = self._slot()
+        if slot is not None and slot.busy:
+            slot = None  # a second stream on this thread meanwhile: a connection of its own
+        conn = self._connection(slot) if slot is not None else self._new_connection()
+        if slot is not None:
+            slot.busy = True
         try:
             conn.request("GET", self._prefix + path, headers={**self._headers, **headers})
             resp = conn.getresponse()
         except BaseException:
-            self._finish(conn, shared, reuse=False)
+            self._finish(conn, slot, reuse=False)
             raise
-        return PlainResponse(resp, lambda reuse: self._finish(conn, shared, reuse=reuse))
+        return PlainResponse(resp, lambda reuse: self._finish(conn, slot, reuse=reuse))
 
-    def _finish(self, conn: http.client.HTTPConnection, shared: bool, *, reuse: bool) -> None:
-        if shared:
-            self._local.busy = False
+    def _finish(self, conn: http.client.HTTPConnection, slot: _Slot | None, *, reuse: bool) -> None:
+        if slot is not None:
             if not reuse:
-                self._drop(conn)
+                self._drop(conn, slot)
+            slot.busy = False
         else:
             conn.close()
 
@@ -139,17 +153,23 @@ class PlainHTTP:
         with contextlib.suppress(Exception):
             self.close()
 
-    def _connection(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+    def _slot(self) -> _Slot:
+        slot: _Slot | None = getattr(self._local, "slot", None)
+        if slot is None:
+            slot = self._local.slot = _Slot()
+        return slot
+
+    def _connection(self, slot: _Slot) -> http.client.HTTPConnection:
+        conn = slot.conn
         if conn is not None and conn.sock is not None and _dropped(conn.sock):
-            self._drop(conn)  # the server closed it while idle: do not send into it
+            self._drop(conn, slot)  # the server closed it while idle: do not send into it
             conn = None
         if conn is None or conn.sock is None:
             if conn is None:
                 conn = http.client.HTTPConnection(
                     self._hostname, self._port, timeout=self._connect_timeout, blocksize=_BLOCK
                 )
-                self._local.conn = conn
+                slot.conn = conn
                 with self._lock:
                     self._all.append(conn)
             conn.connect()
@@ -157,10 +177,10 @@ class PlainHTTP:
             conn.sock.settimeout(self._read_timeout)
         return conn
 
-    def _drop(self, conn: http.client.HTTPConnection) -> None:
+    def _drop(self, conn: http.client.HTTPConnection, slot: _Slot) -> None:
         conn.close()
-        if getattr(self._local, "conn", None) is conn:
-            self._local.conn = None
+        if slot.conn is conn:
+            slot.conn = None
         with self._lock:
             if conn in self._all:
                 self._all.remove(conn)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import errno
 import io
+import threading
 import time
 
 import pytest
 
 from dominofs import errors
 from dominofs.api import DominoClient
+from dominofs.fastget import FastGet, FastResponse
 from dominofs.models import RunRequest
 
 from .hostile import Answer, hostile_server
@@ -89,6 +91,32 @@ def test_blobs_read_to_their_end_share_one_connection() -> None:
         # Blobs go over the plain-http keep-alive path; JSON calls through requests' pool.
         assert pc.commits() == COMMITS
         assert srv.connections == 2
+
+
+def test_an_answer_finished_on_another_thread_frees_the_asking_threads_connection() -> None:
+    # A libfuse worker keeps its thread state now, so a keep-alive connection's bookkeeping
+    # must follow the thread that asked, whichever thread reads the answer to its end.
+    body = b"z" * 5000
+    with hostile_server([Answer(200, body)] * 4) as srv:
+        fg = FastGet(srv.url, {}, connect_timeout=5, read_timeout=5)
+        first = fg.get("/a", {})  # this thread's connection, its answer not read yet
+        asked: list[FastResponse] = []
+        t = threading.Thread(target=lambda: asked.append(fg.get("/b", {})))
+        t.start()
+        t.join(10)
+        other = asked[0]
+        assert other.read(len(body)) == body
+        other.release_conn()  # finished here, asked there
+        third = fg.get("/c", {})  # `first` still holds this thread's connection
+        assert third.read(len(body)) == body
+        third.release_conn()
+        assert first.read(len(body)) == body
+        first.release_conn()
+        fourth = fg.get("/d", {})  # this thread's connection again
+        assert fourth.read(len(body)) == body
+        fourth.release_conn()
+        assert srv.connections == 3
+        fg.close()
 
 
 def test_a_chunked_blob_is_read_through_http_client() -> None:
