@@ -10,6 +10,7 @@ import io
 import multiprocessing
 import os
 import pickle
+import time
 import tracemalloc
 from datetime import datetime
 from pathlib import Path
@@ -273,7 +274,11 @@ def test_blob_cache_downloads_once(fsrv: LocalServer, key_file: Path, folder: st
         f.seek(1000)
         assert f.read(10) == data[1000:1010]
     assert fsrv.requests_count("GET blobs") == 1
-    assert any((tmp_path / "c").rglob("*.val"))
+    # A verified download is moved into the cache's index by a background thread.
+    deadline = time.monotonic() + 20
+    while not any((tmp_path / "c").rglob("*.val")):
+        assert time.monotonic() < deadline, "the download never reached the cache"
+        time.sleep(0.02)
 
 
 # -- writes ----------------------------------------------------------------------------------
