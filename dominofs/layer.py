@@ -174,6 +174,7 @@ class Layer:
         self._later: list[Path] = []  # files to remove once the batch naming them is written
         self._later_pool: list[str] = []  # ... or to keep for reuse
         self._pool: deque[tuple[str, int]] = deque()  # (name, looks) unnamed, maybe reusable
+        self._ready: deque[str] = deque()  # empty, unlinked elsewhere: new_work takes these first
         self._closed = False
         self._low = -1  # new_work asks keep_spares for more once the queue is this short
         self._want_spares = threading.Event()
@@ -220,19 +221,24 @@ class Layer:
         links to it) is emptied and reused. New files go to _SHARDS folders in turn: one
         folder's lock taken by a create and by a removal at once made creates twice as slow.
         """
-        if len(self._pool) <= self._low:
+        if len(self._ready) <= self._low:
             self._want_spares.set()
-        for _ in range(min(4, len(self._pool))):
-            name, looks = self._pool.popleft()
+        while self._ready:
+            name = self._ready.popleft()
             fd = self._reuse(name)
             if fd is not None:
                 self._new_files.add(int(name.split("/", 1)[0], 16))
                 return name, fd
-            if looks + 1 < _POOL_TRIES and (self.data_dir / name).exists():
-                self._pool.append((name, looks + 1))
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.data_dir / name).unlink()
+            self._pool.append((name, 0))
+        # No spare ready (no keep_spares thread, or a burst outran it): empty a kept file here.
+        for _ in range(4):
+            kept = self._take_kept()
+            if kept is None:
+                break
+            fd, name = self._clean(*kept)
+            if fd is not None:
+                self._new_files.add(int(name.split("/", 1)[0], 16))
+                return name, fd
         self._turn = (self._turn + 1) % _SHARDS
         name = f"{self._turn:x}/w-{uuid.uuid4().hex}"
         fd = os.open(self.data_dir / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -240,9 +246,10 @@ class Layer:
         return name, fd
 
     def keep_spares(self, spares: int) -> None:
-        """Keep about `spares` empty bytes files made ahead, on the calling thread until close:
-        once new files have taken half of them, more are made (on another core, while a burst
-        of creates takes them: the burst's own creates then make no inode)."""
+        """Keep about `spares` empty bytes files ready, on the calling thread until close: once
+        new files have taken half of them, or uploaded files were kept for reuse, this thread
+        empties the kept ones and makes the rest (on another core, while a burst of creates
+        takes them: the burst's own creates then make no inode and empty no file)."""
         self._low = spares // 2
         while not self._closed:
             self.prepare(spares)
@@ -250,9 +257,25 @@ class Layer:
             self._want_spares.clear()
 
     def prepare(self, spares: int) -> None:
-        """Make empty bytes files for new_work until `spares` are kept (before a burst of
-        creates: the first ones then cost no new inode either). Safe beside new_work."""
-        while len(self._pool) < spares and not self._closed:
+        """Make `spares` empty bytes files ready for new_work, emptying kept files first (before
+        a burst of creates: the first ones then cost no new inode either). Safe beside
+        new_work."""
+        for _ in range(len(self._pool)):  # one look each: one still linked waits for a later call
+            kept = self._take_kept()
+            if kept is None or self._closed:
+                break
+            fd, name = self._clean(*kept)
+            if fd is None:
+                continue
+            # The truncation marked the inode for ext4's flush on close (auto_da_alloc): this
+            # close takes it, with nothing left to write, instead of the writer's close.
+            os.close(fd)
+            if len(self._ready) < max(spares, _POOL):
+                self._ready.append(name)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.data_dir / name).unlink()
+        while len(self._ready) < spares and not self._closed:
             self._turn = (self._turn + 1) % _SHARDS
             name = f"{self._turn:x}/w-{uuid.uuid4().hex}"
             try:
@@ -260,7 +283,25 @@ class Layer:
             except OSError as exc:
                 log.debug("no spare bytes files: %s", exc)
                 return
-            self._pool.append((name, 0))
+            self._ready.append(name)
+
+    def _take_kept(self) -> tuple[str, int] | None:
+        try:
+            return self._pool.popleft()  # new_work and keep_spares may both take
+        except IndexError:
+            return None
+
+    def _clean(self, name: str, looks: int) -> tuple[int | None, str]:
+        """Kept file `name` emptied, with a read-write fd on it, or (None, name) while something
+        else links it (it is looked at again later, then removed)."""
+        fd = self._reuse(name)
+        if fd is None:
+            if looks + 1 < _POOL_TRIES and (self.data_dir / name).exists():
+                self._pool.append((name, looks + 1))
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.data_dir / name).unlink()
+        return fd, name
 
     def _reuse(self, name: str) -> int | None:
         """A read-write fd on kept file `name`, emptied, when nothing else links it."""
@@ -269,8 +310,12 @@ class Layer:
         except OSError:
             return None
         try:
-            if os.fstat(fd).st_nlink == 1:
-                os.ftruncate(fd, 0)
+            st = os.fstat(fd)
+            if st.st_nlink == 1:
+                if st.st_size:
+                    # ext4 then flushes the file at its next close (auto_da_alloc): an empty
+                    # spare is not truncated, or every new file's close would start a write.
+                    os.ftruncate(fd, 0)
                 return fd
         except OSError:
             pass
@@ -411,16 +456,21 @@ class Layer:
             else:
                 with contextlib.suppress(FileNotFoundError):
                     (self.data_dir / name).unlink()
+        if pooled and self._low >= 0:
+            self._want_spares.set()  # keep_spares empties them, off the writers' path
 
     def close(self) -> None:
         self._closed = True
         self._want_spares.set()
         with contextlib.suppress(OSError):
             self.commit()
-        # Kept files hold old bytes until reused: none stays behind the mount.
+        # Kept files hold old bytes until reused: none stays behind the mount, nor any spare.
         while self._pool:
             with contextlib.suppress(FileNotFoundError):
                 (self.data_dir / self._pool.popleft()[0]).unlink()
+        while self._ready:
+            with contextlib.suppress(FileNotFoundError):
+                (self.data_dir / self._ready.popleft()).unlink()
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
 

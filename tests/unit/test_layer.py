@@ -116,3 +116,33 @@ def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def test_kept_files_are_emptied_off_the_writers_path(tmp_path: Path) -> None:
+    # Truncating marks an ext4 inode for a flush at its next close: the keeper thread empties
+    # kept files (and takes that close), so a new file's writer never pays for it.
+    layer = Layer(tmp_path / "layer")
+    keeper = threading.Thread(target=layer.keep_spares, args=(2,), daemon=True)
+    keeper.start()
+    wait_until(lambda: len(list(layer.data_dir.glob("*/*"))) == 2)
+    name = write(layer, b"uploaded already")
+    layer.recycle_later(name, 16)
+    layer.commit()
+    wait_until(lambda: layer.path_of(name).stat().st_size == 0)  # no new_work asked for it
+    taken = {write(layer, b"next") for _ in range(3)}
+    assert name in taken
+    layer.close()
+    keeper.join(5)
+    assert not keeper.is_alive()
+
+
+def test_spares_that_cannot_be_made_are_left_to_new_work(tmp_path: Path) -> None:
+    layer = Layer(tmp_path / "layer")
+    for shard in layer.data_dir.iterdir():
+        shard.rmdir()
+    layer.prepare(4)  # logs, raises nothing
+    assert list(layer.data_dir.iterdir()) == []
+    for shard in range(16):
+        (layer.data_dir / f"{shard:x}").mkdir()
+    assert layer.path_of(write(layer, b"made here")).read_bytes() == b"made here"
+    layer.close()
