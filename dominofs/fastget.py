@@ -15,12 +15,13 @@ Retry-After, Connection.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
-import select
 import socket
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from urllib.parse import urlsplit
+
+from .keepalive import PerThread, peer_closed
 
 _HEAD_MAX = 64 * 1024  # the status line and headers of one answer, at most
 _RECV = 64 * 1024
@@ -35,17 +36,6 @@ class Headers(dict[str, str]):
 
     def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
         return super().get(key.lower(), default)
-
-
-class _Slot:
-    """One thread's keep-alive socket, and whether an answer is being read from it. An answer
-    may be finished on another thread: it updates the slot of the thread that asked."""
-
-    __slots__ = ("busy", "sock")
-
-    def __init__(self) -> None:
-        self.sock: socket.socket | None = None
-        self.busy = False
 
 
 class FastGet:
@@ -67,11 +57,11 @@ class FastGet:
         host = parts.netloc.rsplit("@", 1)[-1]
         fixed = {"Host": host, "Accept-Encoding": "identity", **headers}
         self._fixed = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode("latin-1")
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
-        self._local = threading.local()
-        self._all: set[socket.socket] = set()
-        self._lock = threading.Lock()
+        # No bound method of self in the pool: __del__ must run when the client is dropped.
+        connect = functools.partial(_connect, self._address, connect_timeout, read_timeout)
+        self._conns: PerThread[socket.socket] = PerThread(
+            connect, socket.socket.close, lambda sock: not peer_closed(sock)
+        )
 
     def get(self, path: str, headers: Mapping[str, str]) -> FastResponse:
         """Send a GET of `path` and read its answer's head; the body is the caller's to read.
@@ -80,12 +70,7 @@ class FastGet:
             OSError (refused, reset, timed out), http.client.HTTPException (a broken answer),
             Unframed: the connection is dropped.
         """
-        slot: _Slot | None = self._slot()
-        if slot is not None and slot.busy:
-            slot = None  # a second answer on this thread meanwhile: a connection of its own
-        sock = self._socket(slot) if slot is not None else self._connect()
-        if slot is not None:
-            slot.busy = True
+        sock, slot = self._conns.take()
         extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
         request = b"GET " + (self._prefix + path).encode("ascii") + b" HTTP/1.1\r\n"
         try:
@@ -98,61 +83,29 @@ class FastGet:
                 raise Unframed("no Content-Length")
             keep = (head.get("connection") or "").lower() != "close"
         except BaseException:
-            self._finish(sock, slot, reuse=False)
+            self._conns.finish(sock, slot, reuse=False)
             raise
         body = _Body(sock, rest, int(length))
         return FastResponse(
-            status, head, body, lambda done: self._finish(sock, slot, reuse=done and keep)
+            status, head, body, lambda done: self._conns.finish(sock, slot, reuse=done and keep)
         )
 
     def close(self) -> None:
-        with self._lock:
-            socks, self._all = self._all, set()
-        for s in socks:
-            s.close()
+        self._conns.close()
 
     def __del__(self) -> None:
         # A client dropped without close() must not leave its sockets to the collector.
         with contextlib.suppress(Exception):
             self.close()
 
-    def _slot(self) -> _Slot:
-        slot: _Slot | None = getattr(self._local, "slot", None)
-        if slot is None:
-            slot = self._local.slot = _Slot()
-        return slot
 
-    def _socket(self, slot: _Slot) -> socket.socket:
-        sock = slot.sock
-        if sock is not None and _dropped(sock):
-            self._drop(sock, slot)  # the server closed it while idle: do not send into it
-            sock = None
-        if sock is None:
-            sock = slot.sock = self._connect()
-            with self._lock:
-                self._all.add(sock)
-        return sock
-
-    def _connect(self) -> socket.socket:
-        sock = socket.create_connection(self._address, timeout=self._connect_timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(self._read_timeout)
-        return sock
-
-    def _finish(self, sock: socket.socket, slot: _Slot | None, *, reuse: bool) -> None:
-        if slot is not None:
-            if not reuse:
-                self._drop(sock, slot)
-            slot.busy = False
-        else:
-            sock.close()
-
-    def _drop(self, sock: socket.socket, slot: _Slot) -> None:
-        sock.close()
-        if slot.sock is sock:
-            slot.sock = None
-        with self._lock:
-            self._all.discard(sock)
+def _connect(
+    address: tuple[str, int], connect_timeout: float, read_timeout: float
+) -> socket.socket:
+    sock = socket.create_connection(address, timeout=connect_timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(read_timeout)
+    return sock
 
 
 def _read_head(sock: socket.socket) -> tuple[int, Headers, bytes]:
@@ -262,12 +215,3 @@ class FastResponse:
         done, self._done = self._done, None
         if done is not None:
             done(self._fp.length == 0)
-
-
-def _dropped(sock: socket.socket) -> bool:
-    """True when an idle keep-alive socket is readable: the peer closed it (or sent junk)."""
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)

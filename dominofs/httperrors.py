@@ -2,9 +2,9 @@
 
 Owns: the status -> error class table, the short hint each error's message starts with, the
 server's own `message` (read from at most 64 KiB of an error body, never more), Retry-After in
-either form, and the human part of a requests/urllib3 exception's text. Messages name the host
-and what was asked, never the key (it is only ever in a header). Must not import anything above
-errors.
+either form, the JSON of an answer (bounded; a body that is not JSON is a ServerError), and the
+human part of a requests/urllib3 exception's text. Messages name the host and what was asked,
+never the key (it is only ever in a header). Must not import anything above errors.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import email.utils
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 import requests
 
 from .errors import AuthError, BadRequest, Conflict, DominoError, Forbidden, NotFound, ServerError
 
 MAX_ERROR_BODY = 64 * 1024
+MAX_JSON_BODY = 512 * 1024 * 1024
 
 
 _STATUS_ERRORS: dict[int, Callable[[str], DominoError]] = {
@@ -88,3 +90,33 @@ def why(exc: BaseException) -> str:
     internals, so only the last part is kept."""
     text = str(exc).split("(Caused by ")[-1].rstrip(")")
     return text.split(": ")[-1][:200] if text else type(exc).__name__
+
+
+def parse_json(raw: bytes, host: str, what: str) -> Any:
+    """The JSON an answer's body holds.
+
+    Raises:
+        ServerError: it holds none.
+    """
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ServerError(f"{host} ({what}): answer is not JSON") from None
+
+
+def json_answer(resp: requests.Response, host: str, what: str) -> Any:
+    """The JSON of answer `resp` (closed after), at most MAX_JSON_BODY bytes of it.
+
+    Raises:
+        ServerError: it holds none, or too much.
+    """
+    try:
+        length = int(resp.headers.get("Content-Length") or 0)
+        if length > MAX_JSON_BODY:
+            raise ServerError(f"{host} ({what}): answer of {length} bytes is too large")
+        return resp.json()
+    except (ValueError, RecursionError, requests.RequestException):
+        # RecursionError: a hostile body nested deeper than the parser's stack.
+        raise ServerError(f"{host} ({what}): answer is not JSON") from None
+    finally:
+        resp.close()

@@ -16,14 +16,14 @@ path; https stays with requests and its certificate handling.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
-import select
-import socket
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO
 from urllib.parse import urlsplit
+
+from .keepalive import PerThread, peer_closed
 
 _BLOCK = 1 << 20  # http.client sends a file body in reads this big (its default is 8 KiB)
 
@@ -34,17 +34,6 @@ class Answer:
     headers: http.client.HTTPMessage
     body: bytes  # at most `max_body` bytes of it
     complete: bool  # False when the body was longer than `max_body`
-
-
-class _Slot:
-    """One thread's keep-alive connection, and whether a streamed answer is being read from it.
-    A stream may be finished on another thread: it updates the slot of the thread that asked."""
-
-    __slots__ = ("busy", "conn")
-
-    def __init__(self) -> None:
-        self.conn: http.client.HTTPConnection | None = None
-        self.busy = False
 
 
 class PlainHTTP:
@@ -61,15 +50,15 @@ class PlainHTTP:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"not a plain http URL: {base_url}")
-        self._hostname = parts.hostname
-        self._port = parts.port or 80
         self._prefix = parts.path.rstrip("/")
         self._headers = dict(headers)
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
-        self._local = threading.local()
-        self._all: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
+        # No bound method of self in the pool: __del__ must run when the client is dropped.
+        connect = functools.partial(
+            _connect, parts.hostname, parts.port or 80, connect_timeout, read_timeout
+        )
+        self._conns: PerThread[http.client.HTTPConnection] = PerThread(
+            connect, http.client.HTTPConnection.close, lambda conn: not peer_closed(conn.sock)
+        )
 
     def send(
         self,
@@ -87,8 +76,7 @@ class PlainHTTP:
             OSError (refused, reset, timed out), http.client.HTTPException (a broken answer):
             the connection is dropped, the caller decides whether to send again.
         """
-        slot = self._slot()
-        conn = self._connection(slot)
+        conn, slot = self._conns.take()
         try:
             conn.request(
                 method, self._prefix + path, body=body, headers={**self._headers, **headers}
@@ -96,11 +84,10 @@ class PlainHTTP:
             resp = conn.getresponse()
             data = resp.read(max_body + 1)
         except BaseException:
-            self._drop(conn, slot)
+            self._conns.finish(conn, slot, reuse=False)
             raise
         complete = len(data) <= max_body
-        if resp.will_close or not complete or not resp.isclosed():
-            self._drop(conn, slot)
+        self._conns.finish(conn, slot, reuse=complete and resp.isclosed() and not resp.will_close)
         return Answer(resp.status, resp.msg, data[:max_body], complete)
 
     def open(self, path: str, headers: Mapping[str, str]) -> PlainResponse:
@@ -111,88 +98,32 @@ class PlainHTTP:
         Raises:
             OSError, http.client.HTTPException: as `send`.
         """
-        slot: _Slot | None = self._slot()
-        if slot is not None and slot.busy:
-            slot = None  # a second stream on this thread meanwhile: a connection of its own
-        conn = self._connection(slot) if slot is not None else self._new_connection()
-        if slot is not None:
-            slot.busy = True
+        conn, slot = self._conns.take()
         try:
             conn.request("GET", self._prefix + path, headers={**self._headers, **headers})
             resp = conn.getresponse()
         except BaseException:
-            self._finish(conn, slot, reuse=False)
+            self._conns.finish(conn, slot, reuse=False)
             raise
-        return PlainResponse(resp, lambda reuse: self._finish(conn, slot, reuse=reuse))
-
-    def _finish(self, conn: http.client.HTTPConnection, slot: _Slot | None, *, reuse: bool) -> None:
-        if slot is not None:
-            if not reuse:
-                self._drop(conn, slot)
-            slot.busy = False
-        else:
-            conn.close()
-
-    def _new_connection(self) -> http.client.HTTPConnection:
-        conn = http.client.HTTPConnection(
-            self._hostname, self._port, timeout=self._connect_timeout, blocksize=_BLOCK
-        )
-        conn.connect()
-        assert conn.sock is not None
-        conn.sock.settimeout(self._read_timeout)
-        return conn
+        return PlainResponse(resp, lambda reuse: self._conns.finish(conn, slot, reuse=reuse))
 
     def close(self) -> None:
-        with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            conn.close()
+        self._conns.close()
 
     def __del__(self) -> None:
         # A client dropped without close() must not leave its sockets to the collector.
         with contextlib.suppress(Exception):
             self.close()
 
-    def _slot(self) -> _Slot:
-        slot: _Slot | None = getattr(self._local, "slot", None)
-        if slot is None:
-            slot = self._local.slot = _Slot()
-        return slot
 
-    def _connection(self, slot: _Slot) -> http.client.HTTPConnection:
-        conn = slot.conn
-        if conn is not None and conn.sock is not None and _dropped(conn.sock):
-            self._drop(conn, slot)  # the server closed it while idle: do not send into it
-            conn = None
-        if conn is None or conn.sock is None:
-            if conn is None:
-                conn = http.client.HTTPConnection(
-                    self._hostname, self._port, timeout=self._connect_timeout, blocksize=_BLOCK
-                )
-                slot.conn = conn
-                with self._lock:
-                    self._all.append(conn)
-            conn.connect()
-            assert conn.sock is not None
-            conn.sock.settimeout(self._read_timeout)
-        return conn
-
-    def _drop(self, conn: http.client.HTTPConnection, slot: _Slot) -> None:
-        conn.close()
-        if slot.conn is conn:
-            slot.conn = None
-        with self._lock:
-            if conn in self._all:
-                self._all.remove(conn)
-
-
-def _dropped(sock: socket.socket) -> bool:
-    """True when an idle keep-alive socket is readable: the peer closed it (or sent junk)."""
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
+def _connect(
+    host: str, port: int, connect_timeout: float, read_timeout: float
+) -> http.client.HTTPConnection:
+    conn = http.client.HTTPConnection(host, port, timeout=connect_timeout, blocksize=_BLOCK)
+    conn.connect()
+    assert conn.sock is not None
+    conn.sock.settimeout(read_timeout)
+    return conn
 
 
 class PlainResponse:

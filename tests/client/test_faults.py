@@ -13,6 +13,7 @@ from dominofs import errors
 from dominofs.api import DominoClient
 from dominofs.fastget import FastGet, FastResponse
 from dominofs.models import RunRequest
+from dominofs.plainhttp import PlainHTTP
 
 from .hostile import Answer, hostile_server
 
@@ -117,6 +118,22 @@ def test_an_answer_finished_on_another_thread_frees_the_asking_threads_connectio
         fourth.release_conn()
         assert srv.connections == 3
         fg.close()
+
+
+def test_an_upload_while_this_threads_blob_is_open_gets_a_connection_of_its_own() -> None:
+    # The thread's kept connection is still reading the blob: a PUT sent into it would
+    # find the blob's answer where its own should be.
+    body = b"q" * 5000
+    ok = {"path": "b.txt", "size": 1, "key": "b" * 40, "lastModified": 1}
+    with hostile_server([Answer(200, body), Answer(201, ok)]) as srv:
+        plain = PlainHTTP(srv.url, {}, connect_timeout=5, read_timeout=5)
+        stream = plain.open("/a", {})
+        answer = plain.send("PUT", "/b", b"x", {}, max_body=1 << 20)
+        assert answer.status == 201
+        assert stream.read(len(body)) == body
+        stream.release_conn()
+        assert srv.connections == 2
+        plain.close()
 
 
 def test_a_chunked_blob_is_read_through_http_client() -> None:
