@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .blobs import write_atomic
+from .commits import now_ms
+from .projects import Project
 from .runner import Checkout
-from .store import Project, Store, now_ms, write_atomic
+from .store import Store
 
 log = logging.getLogger(__name__)
 

@@ -27,17 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .store import (
-    Conflict,
-    FileEntry,
-    Project,
-    Store,
-    check_shape,
-    hash_file,
-    new_object_id,
-    now_ms,
-    write_atomic,
-)
+from .blobs import hash_file, write_atomic
+from .commits import Conflict, FileEntry, check_shape, now_ms
+from .projects import Project
+from .store import Store, new_object_id
 
 log = logging.getLogger(__name__)
 

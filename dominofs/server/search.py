@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .projects import Project
 from .runner import Runner
-from .store import Project, Store, User
+from .store import Store, User
 
 AREAS = ("project", "run", "file", "comment")
 MAX_TEXT = 64 * 1024

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from dominofs.server.store import SNAPSHOT_EVERY, Conflict, FileEntry, NotFound, Store
+from dominofs.server.commits import Conflict, FileEntry, NotFound
+from dominofs.server.projects import SNAPSHOT_EVERY
+from dominofs.server.store import Store
 
 from .conftest import Srv
 

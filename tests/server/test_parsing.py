@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from dominofs.server.app import ApiError, file_path, split_target
+from dominofs.server.commits import FileEntry, commit_id_for
+from dominofs.server.httpio import ApiError, file_path, split_target
 from dominofs.server.runner import is_ignored, parse_patterns
-from dominofs.server.store import DOMINOIGNORE_TEXT, FileEntry, commit_id_for
+from dominofs.server.store import DOMINOIGNORE_TEXT
 
 DEFAULT_PATTERNS = parse_patterns(DOMINOIGNORE_TEXT)
 

@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from dominofs.server.store import FileEntry, Store
+from dominofs.server.commits import FileEntry
+from dominofs.server.store import Store
 
 from .conftest import ALICE, Srv
 
