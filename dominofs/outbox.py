@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,26 @@ log = logging.getLogger(__name__)
 _HELD = 10 * 365 * 86400.0  # "not before" for a held entry: until it is re-enqueued
 DEFAULT_CONCURRENCY = 12  # uploader threads; the client's connection pool holds 32
 RESUME_SETTLE = 1.0  # an entry a crashed run was sending waits this long: the server may finish it
+
+
+@dataclass(frozen=True, slots=True)
+class StagedUpload:
+    """An upload for `Outbox.enqueue_staged`: `staged` is in the staging dir, mode 0o600."""
+
+    path: str
+    staged: Path
+    base_key: str | None
+    not_before: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _New:
+    path: str
+    op: Op
+    staged: Path | None
+    base_key: str | None
+    meta: Mapping[str, Any] | None
+    not_before: float
 
 
 class Outbox(Sender):
@@ -185,7 +206,15 @@ class Outbox(Sender):
             os.close(fd)
         if durable:
             fsync_dir(self.staging_dir)
-        return self._insert(path, "upload", staged, base_key, meta, not_before, durable=durable)
+        new = _New(path, "upload", staged, base_key, meta, not_before)
+        return self._insert([new], durable=durable)[0]
+
+    def enqueue_staged(self, uploads: list[StagedUpload]) -> list[int]:
+        """Queue uploads whose staged files the caller made in the staging dir (staging_path)
+        with mode 0o600, in one transaction: a burst of saves costs one commit, not one each.
+        On return the entries survive a crash of the process (not a power loss)."""
+        news = [_New(u.path, "upload", u.staged, u.base_key, None, u.not_before) for u in uploads]
+        return self._insert(news) if news else []
 
     def enqueue_delete(
         self,
@@ -197,49 +226,49 @@ class Outbox(Sender):
         durable: bool = False,
     ) -> int:
         """Queue a deletion of `path` (see enqueue_upload). Replaces a not-yet-sent entry."""
-        return self._insert(path, "delete", None, base_key, meta, not_before, durable=durable)
+        new = _New(path, "delete", None, base_key, meta, not_before)
+        return self._insert([new], durable=durable)[0]
 
-    def _insert(
-        self,
-        path: str,
-        op: Op,
-        staged: Path | None,
-        base_key: str | None,
-        meta: Mapping[str, Any] | None,
-        not_before: float = 0.0,
-        *,
-        durable: bool = False,
-    ) -> int:
+    def _insert(self, news: list[_New], *, durable: bool = False) -> list[int]:
+        """Write `news` as entries in one transaction; each replaces a not-yet-sent entry for
+        its path (keeping that one's base key)."""
+        ids: list[int] = []
+        replaced: list[tuple[str, Path | None]] = []  # (staged file of an older entry, by)
         with self._cond:
-            inflight_id = self._inflight.get(path)
             with self._db_lock:
                 if durable:
                     self._db.execute("PRAGMA synchronous=FULL")
                 try:
                     self._db.execute("BEGIN IMMEDIATE")
-                    older = self._db.execute(
-                        "SELECT id, staged, base_key FROM entries WHERE path = ? AND id != ? "
-                        "ORDER BY id",
-                        (path, inflight_id if inflight_id is not None else -1),
-                    ).fetchall()
-                    if older:
-                        base_key = older[0][2]
-                        self._db.executemany(
-                            "DELETE FROM entries WHERE id = ?", [(r[0],) for r in older]
+                    for new in news:
+                        inflight_id = self._inflight.get(new.path)
+                        older = self._db.execute(
+                            "SELECT id, staged, base_key FROM entries WHERE path = ? AND id != ? "
+                            "ORDER BY id",
+                            (new.path, inflight_id if inflight_id is not None else -1),
+                        ).fetchall()
+                        base_key = new.base_key
+                        if older:
+                            base_key = older[0][2]
+                            self._db.executemany(
+                                "DELETE FROM entries WHERE id = ?", [(r[0],) for r in older]
+                            )
+                            replaced += [(r[1], new.staged) for r in older if r[1]]
+                        cur = self._db.execute(
+                            "INSERT INTO entries "
+                            "(path, op, staged, base_key, meta, created, next_try) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (
+                                new.path,
+                                new.op,
+                                str(new.staged) if new.staged else None,
+                                base_key,
+                                json.dumps(dict(new.meta or {})),
+                                time.time(),
+                                new.not_before,
+                            ),
                         )
-                    cur = self._db.execute(
-                        "INSERT INTO entries (path, op, staged, base_key, meta, created, next_try) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            path,
-                            op,
-                            str(staged) if staged else None,
-                            base_key,
-                            json.dumps(dict(meta or {})),
-                            time.time(),
-                            not_before,
-                        ),
-                    )
+                        ids.append(int(cur.lastrowid or 0))
                     self._db.execute("COMMIT")
                 except BaseException:
                     if self._db.in_transaction:
@@ -248,15 +277,16 @@ class Outbox(Sender):
                 finally:
                     if durable:
                         self._db.execute("PRAGMA synchronous=NORMAL")
-            entry_id = int(cur.lastrowid or 0)
-            until = time.monotonic() + max(0.0, not_before - time.time())
+            soonest = min(n.not_before for n in news)
+            until = time.monotonic() + max(0.0, soonest - time.time())
             if self._timer[0] is None or until < self._timer[1]:
                 self._cond.notify()  # due before what the timed uploader waits for
-        for row in older:
-            if row[1] and row[1] != str(staged):
-                unlink_quietly(Path(row[1]))
-        log.debug("queued %s %s (entry %d, base %s)", op, path, entry_id, base_key)
-        return entry_id
+        for old, by in replaced:
+            if old != str(by):
+                unlink_quietly(Path(old))
+        for new, entry_id in zip(news, ids, strict=True):
+            log.debug("queued %s %s (entry %d)", new.op, new.path, entry_id)
+        return ids
 
     def cancel(self, path: str) -> bool:
         """Drop a not-yet-sent entry for `path` (e.g. a new file deleted before upload)."""

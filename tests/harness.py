@@ -8,6 +8,7 @@ not end. A mount that fails to answer is stopped before the error is raised.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -83,7 +84,11 @@ def start_mount(
 ) -> Mount:
     """Run `argv` (a foreground mount of `path`) in its own process group, its stderr to `log`;
     with `wait`, return only once the mount answers (stopping it and failing otherwise)."""
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise  # else a dead mount (kill -9) is there: the new mount cleans it up
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             list(argv), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=fh,

@@ -163,18 +163,24 @@ class VFS(NameOps):
 
     def start(self) -> None:
         """Start polling the head commit (not for a pinned commit; with an interval of 0, only
-        after this mount's own uploads), and make the layer's spare bytes files."""
+        after this mount's own uploads), making the layer's spare bytes files and queueing
+        closed files' uploads (Uploads.schedule_soon)."""
         if self.layer is not None and not self.read_only:
             threading.Thread(
                 target=self.layer.keep_spares, args=(_SPARES,), name="layer-spares", daemon=True
             ).start()
+        if self.uploads is not None:
+            self.uploads.start()
         if self.pinned or (self.poll_interval <= 0 and self._outbox is None):
             return
         self._poller.start()
 
     def close(self) -> None:
-        """Stop the poller, close every handle and the local layer."""
+        """Stop the poller, queue the closes not queued yet, close every handle and the local
+        layer."""
         self._poller.stop()
+        if self.uploads is not None:
+            self.uploads.stop()
         with self._lock:
             handles = list(self._handles.values())
             self._handles = {}

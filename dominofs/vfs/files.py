@@ -24,7 +24,7 @@ from ..errors import DominoError, NotFound, ReadOnly
 from ..layer import Inode
 from ..runsdir import START
 from .base import RUNS, STATUS, Context, VFSState
-from .handles import BlobHandle, BytesHandle, FileHandle, Opened, StartHandle
+from .handles import BlobHandle, BytesHandle, FileHandle, Opened, StartHandle, saved_state
 from .inodes import DIR, FILE, NODE, NONE
 from .uploads import copy_blob
 
@@ -354,6 +354,28 @@ class FileOps(VFSState):
             h.buf.clear()
             run_id = self._runs.start(data)
             log.info("started run %s", run_id)
+        elif isinstance(h, FileHandle) and h.writable:
+            self._save_written(h)
+
+    def _save_written(self, h: FileHandle) -> None:
+        """close(2) returns once this is done (RELEASE comes after it, asynchronously): what
+        was written, and that its names are to be uploaded, are in the layer now, so a crash
+        once close returned loses nothing (the restart queues the names)."""
+        with self._lock:
+            node = h.node
+            if not node.names or not (node.dirty or node.staged):
+                return
+            if self.uploads is not None:
+                self.uploads.mark_pending(node)
+            state = saved_state(node)
+            if state == h.saved:
+                return
+            self.ns.save(node)
+            try:
+                self._commit()
+            except OSError as exc:
+                log.warning("%s", exc)
+            h.saved = state
 
     def release(self, fh: int) -> None:
         """Forget handle `fh`; the last writer's close queues the upload (never raises for a
@@ -375,18 +397,22 @@ class FileOps(VFSState):
         released: list[str] = []
         if h.writable:
             node.writers -= 1
-            if node.writers == 0:
-                self.ns.writing.pop(node.ino, None)
+            soon = False
             if node.writers == 0 and node.names:
                 # Queued but not sent (maybe held by an fsync while open): the timer restarts.
                 if (node.dirty or node.staged) and self.uploads is not None:
                     try:
-                        self.uploads.schedule(node)
+                        soon = self.uploads.schedule_soon(node)
+                        if not soon:
+                            self.uploads.schedule(node)
                     except Exception:
                         log.exception("%s: cannot queue the upload", node.names)
-                self.ns.save(node)
+                if not soon or saved_state(node) != h.saved:
+                    self.ns.save(node)  # else the close's flush wrote all of it
                 if len(node.names) > 1:
                     released += node.names  # each name is its own node for the kernel
+            if node.writers == 0 and not soon:
+                self.ns.writing.pop(node.ino, None)
             if h.direct and any(getattr(o, "node", None) is node for o in self._handles.values()):
                 # Pages a reader holds may predate these writes. Linux 6.18 drops them itself
                 # on a direct write; older kernels may not.

@@ -67,7 +67,7 @@ class StartHandle:
 class FileHandle:
     """A handle on an inode's local bytes (pread/pwrite on its own fd)."""
 
-    __slots__ = ("append", "direct", "fd", "node", "writable")
+    __slots__ = ("append", "direct", "fd", "node", "saved", "writable")
 
     def __init__(
         self, node: Inode, fd: int, *, writable: bool, append: bool = False, direct: bool = False
@@ -77,6 +77,7 @@ class FileHandle:
         self.writable = writable
         self.append = append
         self.direct = direct  # opened with direct_io: its writes bypass the kernel's pages
+        self.saved: tuple[object, ...] | None = None  # what the last flush wrote (saved_state)
 
     def read(self, size: int, offset: int) -> bytes:
         return os.pread(self.fd, size, offset)
@@ -110,3 +111,8 @@ class BlobHandle:
 
     def close(self) -> None:
         self.reader.close()
+
+
+def saved_state(node: Inode) -> tuple[object, ...]:
+    """What of `node` a writer's close changes: equal values need no second write."""
+    return (node.mtime, node.ctime, node.size, frozenset(node.pending), tuple(node.names))

@@ -128,7 +128,9 @@ class Namespace:
         self.root_extra = 0  # folders the VFS adds to the root (.runs, .dominofs)
         self._nlinks: dict[str, tuple[Tree, int]] = {}  # folder -> (tree, its link count)
         self._ignored: dict[str, bool] = {}
-        self.writing: dict[int, Inode] = {}  # inodes with an open writer (kept by the VFS)
+        # Inodes written and not queued yet: an open writer, or a last close the queuer has
+        # not taken yet (kept by the VFS).
+        self.writing: dict[int, Inode] = {}
         # Inodes whose upload landed but no listing has shown yet (settled by the refresher).
         self.unsettled: dict[int, Inode] = {}
         self._next = (layer.max_ino(REMOTE_BASE) if layer is not None else ROOT_INO) + 1

@@ -1,17 +1,19 @@
 """The hand-over of a mount's local bytes to the outbox, and back when the server has them.
 
 Owns: queueing every uploaded name of an inode (each gets a hard link of the inode's bytes in
-the outbox's staging folder: one inode's bytes, however many names), copy-on-write when a
-writer opens bytes the outbox is sending right now, withdrawing a name's upload when it is
-renamed or deleted first, the outbox's hooks (an upload landed: the blob cache takes the bytes
-and the inode keeps only their key; a conflict; a deletion done, refused or overtaken), and
-resuming after a crash: every name the layer marks pending and the outbox does not hold is
-queued again, and what an older version left only in the outbox becomes inodes.
+the outbox's staging folder: one inode's bytes, however many names), the queuer thread that
+queues writers' last closes in batches (a burst of closes is one outbox transaction), copy-on-
+write when a writer opens bytes the outbox is sending right now, withdrawing a name's upload
+when it is renamed or deleted first, the outbox's hooks (an upload landed: the blob cache takes
+the bytes and the inode keeps only their key; a conflict; a deletion done, refused or
+overtaken), and resuming after a crash: every name the layer marks pending and the outbox does
+not hold is queued again, and what an older version left only in the outbox becomes inodes.
 Must not decide POSIX semantics (the VFS does) nor call the server itself.
 
-Locking: methods whose name does not start with `on_` are called with the VFS lock held; the
-hooks run on uploader threads and take it themselves (the outbox never calls a hook while
-holding its own lock, so calling the outbox with the VFS lock held cannot deadlock).
+Locking: methods whose name does not start with `on_` are called with the VFS lock held,
+except start and stop (the queuer thread takes it itself); the hooks run on uploader threads
+and take it themselves (the outbox never calls a hook while holding its own lock, so calling
+the outbox with the VFS lock held cannot deadlock).
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ from ..cache import BlobCache
 from ..layer import Inode, Layer
 from ..links import link_file, link_of
 from ..models import UploadResult
-from ..outbox import DeleteOutcome, Entry, Outbox
+from ..outbox import DeleteOutcome, Entry, Outbox, StagedUpload
 from .inodes import NODE, Namespace, parent_of
 
 log = logging.getLogger(__name__)
 
 _HELD = 10 * 365 * 86400.0  # "not before" of an upload held while a writer is open
+_BATCH_WINDOW = 0.05  # seconds the queuer lets closes gather (at most a quarter of the delay)
 
 
 class Uploads:
@@ -62,6 +65,9 @@ class Uploads:
         self._wake = wake
         self._invalidate = invalidate
         self.kept: set[str] = set()  # deletions the server could not do (no DELETE)
+        self._due: dict[int, tuple[Inode, float]] = {}  # ino -> (node, not before): to queue
+        self._due_set = threading.Event()
+        self._queuer: threading.Thread | None = None
         outbox.on_uploaded = self.on_uploaded
         outbox.on_conflict = self.on_conflict
         outbox.on_deleted = self.on_deleted
@@ -94,27 +100,125 @@ class Uploads:
         when = time.time() + (_HELD if held else self.upload_delay)
         if not held:
             self.outbox.saving(self.upload_delay)
-        for p in node.names if names is None else names:
-            rel = self.remote_path(p, node)
-            if rel is None:
-                continue
-            staged = Path(self.outbox.staging_path())
-            if _stat.S_ISLNK(node.mode):
-                fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                try:
-                    os.write(fd, node.target or b"")
-                finally:
-                    os.close(fd)
-            else:
-                assert node.work is not None
-                os.link(self.layer.path_of(node.work), staged)
-            self.outbox.enqueue_upload(
-                rel, staged, base_key=node.bases.get(p), not_before=when, durable=durable
-            )
-            node.staged[p] = staged
-            node.pending.add(p)
-        node.dirty = False
+        if durable:
+            for p in node.names if names is None else names:
+                rel = self.remote_path(p, node)
+                if rel is not None:
+                    staged = self._stage(node)
+                    self.outbox.enqueue_upload(
+                        rel, staged, base_key=node.bases.get(p), not_before=when, durable=True
+                    )
+                    node.staged[p] = staged
+                    node.pending.add(p)
+            node.dirty = False
+            self.ns.save(node)
+            return
+        self._schedule_all([(node, when, names)])
         self.ns.save(node)
+
+    def schedule_soon(self, node: Inode) -> bool:
+        """`schedule(node)` for a writer's last close, done by the queuer thread with the other
+        closes meanwhile: a burst of them (cp -r) makes one outbox transaction, not one each,
+        and the closing thread hands the lock back sooner. The names are marked pending at
+        once, which the caller's commit keeps: after a crash the restart queues them. The
+        node stays in `ns.writing` (written, not queued) until then. False: no queuer runs,
+        the caller calls schedule."""
+        if self._queuer is None:
+            return False
+        self.outbox.saving(self.upload_delay)
+        self.mark_pending(node)
+        self._due[node.ino] = (node, time.time() + self.upload_delay)
+        self._due_set.set()
+        return True
+
+    def mark_pending(self, node: Inode) -> None:
+        """Mark every uploaded name of `node` as to be uploaded (the layer keeps the mark)."""
+        node.pending.update(p for p in node.names if self.remote_path(p, node) is not None)
+
+    def start(self) -> None:
+        """Start the queuer thread (see schedule_soon)."""
+        self._queuer = threading.Thread(target=self._queue_loop, name="queuer", daemon=True)
+        self._queuer.start()
+
+    def stop(self) -> None:
+        """Queue what schedule_soon left, and end the queuer thread."""
+        queuer, self._queuer = self._queuer, None
+        if queuer is not None:
+            self._due_set.set()
+            queuer.join(30)
+        with self.lock:
+            self.queue_due()
+
+    def queue_due(self) -> None:
+        """Queue the closes schedule_soon left. Lock held."""
+        due, self._due = self._due, {}
+        batch: list[tuple[Inode, float, list[str] | None]] = []
+        for node, when in due.values():
+            if node.writers:
+                continue  # written again: its last close comes back here
+            self.ns.writing.pop(node.ino, None)
+            if node.names and (node.dirty or node.staged):
+                batch.append((node, when, None))
+        try:
+            self._schedule_all(batch)
+        except Exception:
+            log.exception("cannot queue %d uploads (the next mount does)", len(batch))
+        self._commit()
+
+    def _queue_loop(self) -> None:
+        # Closes a little apart go in one batch: none is sent before its delay anyway.
+        window = min(_BATCH_WINDOW, self.upload_delay / 4)
+        while self._queuer is not None:
+            self._due_set.wait()
+            if window > 0:
+                time.sleep(window)
+            self._due_set.clear()
+            with self.lock:
+                self.queue_due()
+
+    def _schedule_all(self, batch: list[tuple[Inode, float, list[str] | None]]) -> None:
+        uploads: list[StagedUpload] = []
+        queued: list[tuple[Inode, str, Path]] = []
+        try:
+            for node, when, names in batch:
+                for p in node.names if names is None else names:
+                    rel = self.remote_path(p, node)
+                    if rel is None:
+                        continue
+                    staged = self._stage(node)
+                    uploads.append(StagedUpload(rel, staged, node.bases.get(p), when))
+                    queued.append((node, p, staged))
+            self.outbox.enqueue_staged(uploads)
+        except BaseException:
+            for _, _, staged in queued:
+                with contextlib.suppress(FileNotFoundError):
+                    staged.unlink()
+            raise
+        marked: dict[int, Inode] = {}
+        for node, p, staged in queued:
+            node.staged[p] = staged
+            if p not in node.pending:
+                node.pending.add(p)
+                marked[node.ino] = node
+        for node, _, _ in batch:
+            node.dirty = False  # not kept in the layer: an unchanged node is not written again
+        for node in marked.values():
+            self.ns.save(node)
+
+    def _stage(self, node: Inode) -> Path:
+        """A file in the outbox's staging folder holding what an upload of `node` sends (mode
+        0o600): a hard link of its bytes, or a symlink's target."""
+        staged = Path(self.outbox.staging_path())
+        if _stat.S_ISLNK(node.mode):
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, node.target or b"")
+            finally:
+                os.close(fd)
+        else:
+            assert node.work is not None
+            os.link(self.layer.path_of(node.work), staged)  # the layer made it 0o600
+        return staged
 
     def withdraw(self, node: Inode, path: str) -> bool:
         """Take back the queued upload of `path` (a name of `node` renamed or deleted before it

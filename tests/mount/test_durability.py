@@ -44,12 +44,21 @@ def test_fsync_then_kill9_then_remount_lands(fenv: Env) -> None:
     with open(h.p("closed.txt"), "wb") as fh:
         fh.write(b"closed")
     wait_for(lambda: status(h)["pending_uploads"] == 2, what="both queued")
+    # Killed as soon as close returns: before the queuer takes the close (it gathers closes
+    # for 50 ms) and maybe before the kernel's asynchronous RELEASE. The close's flush kept it.
+    with open(h.p("instant.txt"), "wb") as fh:
+        fh.write(b"closed a moment ago")
     kill9(fenv, h)
     assert "saved.txt" not in server_files(fenv)
     h2 = MountHarness(fenv)
     assert h2.read("/saved.txt") == b"durable"  # shown from the queue before it lands
+    assert h2.read("/instant.txt") == b"closed a moment ago"
     wait_for(lambda: server_files(fenv).get("saved.txt") == b"durable", what="saved.txt lands")
     wait_for(lambda: server_files(fenv).get("closed.txt") == b"closed", what="closed.txt lands")
+    wait_for(
+        lambda: server_files(fenv).get("instant.txt") == b"closed a moment ago",
+        what="instant.txt lands",
+    )
 
 
 def test_server_down_during_writes_then_back(fenv: Env) -> None:
