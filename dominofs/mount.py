@@ -264,7 +264,19 @@ def _wait_pid_gone(pid: int, timeout: float) -> None:
             return
         except PermissionError:
             return
+        if _exited(pid):
+            return
         time.sleep(0.05)
+
+
+def _exited(pid: int) -> bool:
+    """True for a process that ended and waits for its parent to reap it (a zombie, which
+    kill(pid, 0) still finds): a mount started by a script that has not waited for it yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
 # -- the first listing -------------------------------------------------------------------
